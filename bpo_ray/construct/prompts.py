@@ -1,0 +1,73 @@
+"""The construction prompt: feedback pair in, comparison + optimized instruction out.
+
+Content follows the BPO paper (compare on correctness first, then helpfulness and
+harmlessness; rewrite as a prompt engineer without leaking the good answer), worded for this
+project. Bump PROMPT_VERSION whenever the text changes: it is part of the resume key, so rows
+built with an older prompt are rebuilt instead of reused.
+"""
+
+from __future__ import annotations
+
+from bpo_ray.models.base import ChatRequest
+
+PROMPT_VERSION = "construct-v1"
+TAG = "Optimized Instruction:"
+
+_INTRO = (
+    "You are reviewing feedback on an AI assistant. A user gave the assistant an instruction, "
+    "and people compared two of its responses: they preferred one and rejected the other."
+)
+
+_TASK = """\
+Step 1. Compare the two responses. Judge correctness first, then helpfulness and \
+harmlessness, and say briefly why the preferred response is better.
+
+Step 2. Act as a prompt engineer. Rewrite the instruction so that an assistant following it \
+would write a response like the preferred one and unlike the rejected one. The rewrite must:
+- keep every piece of information and the intent of the original instruction;
+- add no facts or details taken from the preferred response;
+- not answer the instruction itself;
+{context_rule}
+Reply in exactly this format and nothing else:
+Comparison: <your comparison>
+{tag} <the rewritten instruction>"""
+
+_CONTEXT_RULE = (
+    "- leave the context untouched: do not repeat, summarize or change it; the assistant "
+    "will receive it as it is, after your instruction.\n"
+)
+
+REPAIR = (
+    "Your reply did not contain the line starting with \"{tag}\". Reply with that line only: "
+    "the rewritten instruction, keeping all of the original instruction's information and "
+    "intent, without answering it."
+)
+
+
+def construction_messages(instruction: str, context: str, good: str, bad: str, *, has_context: bool) -> list[dict[str, str]]:
+    parts = [_INTRO, "", "[Instruction]", instruction]
+    if has_context:
+        parts += ["", "[Context]", context]
+    parts += ["", "[Preferred response]", good, "", "[Rejected response]", bad, ""]
+    parts.append(_TASK.format(context_rule=_CONTEXT_RULE if has_context else "", tag=TAG))
+    return [{"role": "user", "content": "\n".join(parts)}]
+
+
+def construction_request(row: dict) -> ChatRequest:
+    return ChatRequest(
+        construction_messages(
+            row["instruction"], row["context"], row["good_res"], row["bad_res"],
+            has_context=row["has_context"],
+        )
+    )
+
+
+def repair_request(first: ChatRequest, first_reply: str, *, prefill: bool) -> ChatRequest:
+    """Follow-up that asks only for the optimized instruction; pre-fills the tag when the
+    endpoint can continue an assistant turn (small models follow that far more often)."""
+    messages = [
+        *first.messages,
+        {"role": "assistant", "content": first_reply},
+        {"role": "user", "content": REPAIR.format(tag=TAG)},
+    ]
+    return ChatRequest(messages, prefill=TAG if prefill else None)

@@ -1,0 +1,68 @@
+"""One interface for every backend: a batch of chat requests in, one result per request out.
+
+A backend never raises for a single failed request: the result carries `error` and whether
+it is worth retrying later, so stages can turn it into a rejected row with its reason.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+
+
+@dataclass
+class ChatRequest:
+    messages: list[Message]
+    prefill: str | None = None
+    """Text the assistant turn starts with; the model continues it (the reply excludes it)."""
+    sampling: dict[str, Any] = field(default_factory=dict)
+    """Per-request overrides of the spec's sampling parameters."""
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class ChatResult:
+    texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    logprobs: list[list[TokenLogprob]] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    """HTTP requests sent for this result, retries included (0 for local models)."""
+    retries: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+    retryable: bool = False
+    """True when the error was transient (rate limit, timeout, 5xx): a later run may succeed."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+
+class ChatBackend(abc.ABC):
+    """A model behind `chat_batch`. One instance per actor; not shared across threads."""
+
+    model_name: str
+
+    @abc.abstractmethod
+    async def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """Answer every request; result i belongs to request i."""
+
+    async def aclose(self) -> None:
+        return None

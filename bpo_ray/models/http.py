@@ -1,0 +1,203 @@
+"""OpenAI-compatible HTTP backend (OpenAI, vLLM's server, the project's own Serve endpoint).
+
+The `openai` async client does the HTTP; this module owns what a batch job needs around it:
+bounded concurrency, the shared rate limit, retries with exponential backoff and jitter that
+honour Retry-After, a per-request timeout, and per-row accounting (tokens, requests, retries).
+The client's own retries are off so every attempt is counted and rate-limited here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import openai
+
+from bpo_ray.models.base import ChatBackend, ChatRequest, ChatResult, TokenLogprob
+from bpo_ray.models.ratelimit import RateLimiter
+from bpo_ray.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+
+
+class OpenAIHTTPBackend(ChatBackend):
+    def __init__(self, spec: ModelSpec, *, rate_limiter: Any = None, client: Any = None):
+        self.spec = spec
+        self.model_name = spec.model
+        self.supports_prefill = spec.prefill
+        self._client = client  # injected in tests; built lazily on the caller's event loop
+        self._limiter = rate_limiter or RateLimiter(
+            spec.rate_limit.requests_per_s, spec.rate_limit.tokens_per_min
+        )
+        self._slots: asyncio.Semaphore | None = None
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(
+                base_url=self.spec.base_url,
+                api_key=self.spec.api_key(),
+                max_retries=0,
+                timeout=self.spec.timeout_s,
+            )
+        return self._client
+
+    async def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.spec.concurrency)
+        return list(await asyncio.gather(*(self.chat(r) for r in requests)))
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        assert self._slots is not None, "call chat_batch"
+        async with self._slots:
+            return await self._chat_with_retries(request)
+
+    async def _chat_with_retries(self, request: ChatRequest) -> ChatResult:
+        kwargs = self._request_kwargs(request)
+        estimate = _estimate_tokens(request, kwargs["max_tokens"] * kwargs.get("n", 1))
+        result = ChatResult()
+        started = time.monotonic()
+        for attempt in range(self.spec.max_retries + 1):
+            if self._limiter.active:
+                await self._limiter.acquire(estimate)
+            result.requests += 1
+            try:
+                reply = await self._get_client().chat.completions.create(**kwargs)
+                _fill_result(result, reply)
+                if self._limiter.active:
+                    self._limiter.settle(result.prompt_tokens + result.completion_tokens - estimate)
+                result.error, result.retryable = None, False
+                break
+            except Exception as exc:  # classified below; anything unknown is final
+                retryable, retry_after = _classify(exc)
+                result.error = _describe(exc)
+                result.retryable = retryable
+                if not retryable or attempt == self.spec.max_retries:
+                    break
+                result.retries += 1
+                await asyncio.sleep(_backoff(attempt, retry_after))
+        result.latency_s = time.monotonic() - started
+        return result
+
+    def _request_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        sampling = {**self.spec.sampling.model_dump(), **request.sampling}
+        messages = list(request.messages)
+        extra_body: dict[str, Any] = {}
+        if request.prefill and self.supports_prefill:
+            # vLLM's (and our server's) way to continue a pre-filled assistant turn.
+            messages.append({"role": "assistant", "content": request.prefill})
+            extra_body = {"continue_final_message": True, "add_generation_prompt": False}
+        kwargs: dict[str, Any] = {
+            "model": self.spec.model,
+            "messages": messages,
+            "temperature": sampling["temperature"],
+            "top_p": sampling["top_p"],
+            "max_tokens": sampling["max_tokens"],
+            "timeout": self.spec.timeout_s,
+        }
+        if sampling["n"] != 1:
+            kwargs["n"] = sampling["n"]
+        if sampling.get("stop"):
+            kwargs["stop"] = sampling["stop"]
+        if sampling.get("seed") is not None:
+            kwargs["seed"] = sampling["seed"]
+        if request.logprobs:
+            kwargs["logprobs"] = True
+            if request.top_logprobs:
+                kwargs["top_logprobs"] = request.top_logprobs
+        if extra_body:
+            kwargs["extra_body"] = extra_body
+        return kwargs
+
+    async def aclose(self) -> None:
+        if self._client is not None and hasattr(self._client, "close"):
+            await self._client.close()
+
+
+def _fill_result(result: ChatResult, reply: Any) -> None:
+    if not getattr(reply, "choices", None):
+        raise _MalformedReply("reply has no choices")
+    result.texts = [(c.message.content or "") for c in reply.choices]
+    result.finish_reasons = [c.finish_reason or "stop" for c in reply.choices]
+    usage = getattr(reply, "usage", None)
+    result.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
+    result.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
+    if any(getattr(c, "logprobs", None) for c in reply.choices):
+        result.logprobs = [_logprobs_of(c) for c in reply.choices]
+
+
+def _logprobs_of(choice: Any) -> list[TokenLogprob]:
+    content = getattr(getattr(choice, "logprobs", None), "content", None) or []
+    return [
+        TokenLogprob(t.token, t.logprob, [(a.token, a.logprob) for a in (t.top_logprobs or [])])
+        for t in content
+    ]
+
+
+class _MalformedReply(Exception):
+    pass
+
+
+def _classify(exc: Exception) -> tuple[bool, float | None]:
+    """(retryable, server-requested delay). Only transient failures are retried."""
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        retryable = status in (408, 409, 429) or status >= 500
+        return retryable, _retry_after(exc.response) if retryable else None
+    if isinstance(exc, (openai.APIConnectionError, asyncio.TimeoutError)):
+        return True, None  # includes APITimeoutError
+    if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError, _MalformedReply)):
+        return True, None  # a garbled body is usually a proxy hiccup
+    return False, None
+
+
+def _retry_after(response: Any) -> float | None:
+    headers = getattr(response, "headers", None) or {}
+    if value := headers.get("retry-after-ms"):
+        try:
+            return float(value) / 1000.0
+        except ValueError:
+            pass
+    if value := headers.get("retry-after"):
+        try:
+            return float(value)
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        # The server knows best; a little jitter keeps many actors from waking together.
+        return min(BACKOFF_CAP_S, retry_after) * random.uniform(1.0, 1.2)
+    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt) * random.uniform(0.5, 1.5)
+
+
+def _describe(exc: Exception) -> str:
+    # Status and message only: request headers (the key) never reach a row or a log.
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {_short(exc.message)}"
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"connection error: {_short(str(exc.__cause__ or exc))}"
+    return f"{type(exc).__name__}: {_short(str(exc))}"
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _estimate_tokens(request: ChatRequest, completion_budget: int) -> int:
+    chars = sum(len(m.get("content") or "") for m in request.messages) + len(request.prefill or "")
+    return chars // 4 + completion_budget

@@ -1,0 +1,163 @@
+"""An OpenAI-compatible HTTP server for one local model, as a Ray Serve application.
+
+Each replica holds one backend (one model); concurrent requests to a replica are gathered by
+`serve.batch` into one `chat_batch` call, which is where local models get their throughput.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
+
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import ray
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import Application
+
+from bpo_ray.errors import ConfigError
+from bpo_ray.models import ChatRequest, ChatResult, ModelSpec, build_backend
+from bpo_ray.serve.openai_api import (
+    ChatCompletionRequest, OpenAIError, check_model, install_error_handlers, model_json,
+    models_json, new_request_id, to_chat_request, to_completion_json,
+)
+
+api = FastAPI(title="bpo-ray model server")
+# serve.ingress pickles the app when the class is decorated, so handlers go in first.
+install_error_handlers(api)
+
+
+@serve.deployment
+@serve.ingress(api)
+class ModelServer:
+    """One model per replica, behind /v1/models, /v1/chat/completions and /health."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.model_id = spec.model
+        self.backend = build_backend(spec)
+        # The decorator's batch size is fixed at import time; the spec decides it per app.
+        self._generate.set_max_batch_size(spec.concurrency)
+        self.batches = 0
+        self.batched_requests = 0
+        self.largest_batch = 0
+
+    async def __del__(self) -> None:
+        # Serve calls this on replica shutdown; a failed __init__ may have left no backend.
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            await backend.aclose()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        self.batches += 1
+        self.batched_requests += len(requests)
+        self.largest_batch = max(self.largest_batch, len(requests))
+        return await self.backend.chat_batch(requests)
+
+    @api.get("/health")
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.model_id, "batches": self.batches,
+                "batched_requests": self.batched_requests, "largest_batch": self.largest_batch}
+
+    @api.get("/v1/models")
+    async def list_models(self) -> dict[str, Any]:
+        return models_json(self.model_id)
+
+    @api.get("/v1/models/{model:path}")
+    async def get_model(self, model: str) -> dict[str, Any]:
+        check_model(model, self.model_id)
+        return model_json(self.model_id)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest) -> JSONResponse:
+        check_model(body.model, self.model_id)
+        request = to_chat_request(body)
+        try:
+            result = await self._generate(request)
+        except Exception as exc:  # a backend bug must still answer in OpenAI's shape
+            raise OpenAIError(500, f"{type(exc).__name__}: {exc}", type="server_error") from exc
+        return JSONResponse(to_completion_json(result, model=self.model_id,
+                                               request_id=new_request_id()))
+
+
+def build_model_app(spec: ModelSpec, *, num_replicas: int = 1,
+                    autoscaling: dict[str, Any] | None = None, num_cpus: float = 1,
+                    num_gpus: float = 0) -> Application:
+    """The bound app: `num_replicas` fixed replicas, or Serve autoscaling when `autoscaling`
+    is given (keys of Serve's autoscaling_config; target_ongoing_requests defaults to one batch)."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+        # Serve's default (5) would cap batches below spec.concurrency; twice lets the next
+        # batch fill while one runs.
+        "max_ongoing_requests": 2 * spec.concurrency,
+    }
+    if autoscaling is not None:
+        options["autoscaling_config"] = {"target_ongoing_requests": spec.concurrency, **autoscaling}
+    else:
+        options["num_replicas"] = num_replicas
+    return ModelServer.options(**options).bind(spec)
+
+
+def start_model_server(spec: ModelSpec, *, host: str = "127.0.0.1", port: int = 8000,
+                       name: str = "bpo-model", route_prefix: str = "/", num_replicas: int = 1,
+                       autoscaling: dict[str, Any] | None = None, num_cpus: float = 1,
+                       num_gpus: float = 0, timeout_s: float = 300.0) -> str:
+    """Deploy the model server and return its OpenAI base URL (".../v1") once it answers.
+
+    HTTP options are cluster-wide in Serve: if Serve already runs with another host/port,
+    those stay in effect (shut Serve down first to change them).
+    """
+    if not ray.is_initialized():
+        ray.init()
+    serve.start(http_options={"host": host, "port": port})
+    app = build_model_app(spec, num_replicas=num_replicas, autoscaling=autoscaling,
+                          num_cpus=num_cpus, num_gpus=num_gpus)
+    try:
+        serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+    except RuntimeError as exc:
+        # Serve only says "failed to update the deployments"; the replica's error is in status.
+        cause = _deploy_failure(name) or str(exc)
+        serve.delete(name)
+        if cause.startswith(_CONFIG_ERROR):
+            raise ConfigError(cause.removeprefix(_CONFIG_ERROR)) from exc
+        raise RuntimeError(f"model server {name!r} failed to start: {cause}") from exc
+    client_host = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
+    base = f"http://{client_host}:{port}{route_prefix.rstrip('/')}"
+    _wait_healthy(f"{base}/health", timeout_s)
+    return f"{base}/v1"
+
+
+def stop_model_server(name: str = "bpo-model") -> None:
+    """Delete the app (its replicas and models); Serve itself keeps running."""
+    serve.delete(name)
+
+
+_CONFIG_ERROR = f"{ConfigError.__module__}.{ConfigError.__qualname__}: "
+
+
+def _deploy_failure(name: str) -> str | None:
+    """The last line of a failed replica's traceback (the exception itself), if Serve kept one."""
+    app = serve.status().applications.get(name)
+    for deployment in (app.deployments.values() if app else ()):
+        lines = [line.strip() for line in deployment.message.splitlines() if line.strip()]
+        if deployment.status == "DEPLOY_FAILED" and lines:
+            return lines[-1]
+    return None
+
+
+def _wait_healthy(url: str, timeout_s: float) -> None:
+    # serve.run returns when replicas are up, but the proxy may route a moment later.
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"model server at {url} did not become healthy in {timeout_s:.0f}s: {last}")

@@ -1,0 +1,1 @@
+"""Test and benchmark helpers (scripted OpenAI-compatible server)."""

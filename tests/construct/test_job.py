@@ -1,0 +1,151 @@
+"""The construct job end to end on a local Ray, against real HTTP servers and a real model."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pyarrow as pa
+import pytest
+
+from bpo_ray.construct.config import ConstructConfig
+from bpo_ray.construct.job import run_construct
+from bpo_ray.data.ledger import read_table
+from bpo_ray.errors import InputError
+from bpo_ray.testing.scripted_server import Fault, ScriptedOpenAIServer
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def instruction_of(body: dict) -> str:
+    return body["messages"][0]["content"].split("[Instruction]\n", 1)[1].split("\n\n[", 1)[0]
+
+
+def good_reply(body: dict) -> str:
+    if body["messages"][-1]["role"] == "assistant":  # a repair round with the tag pre-filled
+        return f" {instruction_of(body)} Answer precisely."
+    return f"Comparison: the preferred one is correct.\nOptimized Instruction: {instruction_of(body)} Answer precisely."
+
+
+def config(out, url, inputs, **kw) -> ConstructConfig:
+    model = {"provider": "openai", "model": "scripted", "base_url": url, "api_key_env": "BPO_TEST_KEY",
+             "timeout_s": 1.0, "max_retries": 3, "concurrency": 8, **kw.pop("model", {})}
+    return ConstructConfig(input=inputs, output=str(out), model=model, **kw)
+
+
+def table(out, name) -> list[dict]:
+    data = read_table(str(out), name, "parquet")
+    return [] if data is None else data.to_pylist()
+
+
+def test_faults_are_retried_and_every_row_is_accounted_for(tmp_path, bpo_data):
+    faults = [Fault(status=429, retry_after=0.2), Fault(status=500), Fault(stall_s=2.0), Fault(malformed=True),
+              Fault(content="I prefer the first answer."),  # no tag: goes to the repair round
+              Fault(status=400)]  # not retryable: that row is rejected
+    with ScriptedOpenAIServer(reply_fn=good_reply, script=faults) as srv:
+        summary = run_construct(config(tmp_path, srv.base_url, [str(bpo_data / "feedback_val_300.json")], limit=24))
+        assert srv.stats.requests == summary["requests"]
+    assert summary["rows_in"] == 24
+    assert summary["rows_out"] + summary["rows_rejected"] == 24
+    assert summary["retries"] >= 4
+    assert summary["rows_repaired"] >= 1
+    pairs, rejected = table(tmp_path, "pairs"), table(tmp_path, "rejected")
+    assert len(pairs) == summary["rows_out"] and len(rejected) == summary["rows_rejected"]
+    assert len({p["id"] for p in pairs} | {r["id"] for r in rejected}) == 24
+    assert any("HTTP 400" in r["reason"] for r in rejected)
+    source = json.loads((bpo_data / "feedback_val_300.json").read_text())[:24]
+    by_prompt = {s["instruction"]: s for s in source}
+    for pair in pairs:
+        assert pair["optimized_prompt"] == pair["prompt"] + " Answer precisely."
+        assert pair["context"] == by_prompt[pair["prompt"]]["context"]
+    assert json.loads((tmp_path / "summary.json").read_text())["rows_out"] == summary["rows_out"]
+
+
+def test_rerun_resumes_and_pays_nothing(tmp_path, bpo_data):
+    inputs = [str(bpo_data / "examples_ctx.json"), str(bpo_data / "examples_no_ctx.json")]
+    with ScriptedOpenAIServer(reply_fn=good_reply) as srv:
+        first = run_construct(config(tmp_path, srv.base_url, inputs))
+        second = run_construct(config(tmp_path, srv.base_url, inputs, model={"concurrency": 3}))
+        assert srv.stats.requests == first["requests"] == 4
+    assert first["rows_out"] == 4
+    assert second["rows_skipped"] == 4 and second["requests"] == 0 and second["rows_out"] == 0
+    assert len(table(tmp_path, "pairs")) == 4
+
+
+def test_dead_api_rows_are_rejected_then_retried_on_resume(tmp_path, bpo_data):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    inputs = [str(bpo_data / "examples_no_ctx.json")]
+    down = run_construct(config(tmp_path, dead, inputs, model={"max_retries": 1}))
+    assert down["rows_rejected"] == down["rows_rejected_retryable"] == 2 and down["rows_out"] == 0
+    assert all(r["reason"].startswith("model call failed: connection error") for r in table(tmp_path, "rejected"))
+    with ScriptedOpenAIServer(reply_fn=good_reply) as srv:
+        up = run_construct(config(tmp_path, srv.base_url, inputs))
+    assert up["rows_skipped"] == 0 and up["rows_out"] == 2
+
+
+def test_repair_round_recovers_replies_without_the_tag(tmp_path, bpo_data):
+    def chatty(body):
+        if body["messages"][-1]["role"] == "assistant":
+            return f" {instruction_of(body)} Be specific."
+        return "Both answers are fine, but the first one is better."
+
+    with ScriptedOpenAIServer(reply_fn=chatty) as srv:
+        summary = run_construct(config(tmp_path, srv.base_url, [str(bpo_data / "examples_no_ctx.json")],
+                                       model={"supports_prefill": True}))
+        repair_body = srv.stats.bodies[-1]
+    assert summary["rows_out"] == 2 and summary["rows_repaired"] == 2 and summary["requests"] == 4
+    assert repair_body["continue_final_message"] is True
+    assert all(p["repaired"] and p["optimized_prompt"].endswith("Be specific.") for p in table(tmp_path, "pairs"))
+
+
+def test_length_filter_and_bad_rows_are_rejected_with_reasons(tmp_path):
+    rows = [
+        {"id": "ok", "instruction": "Name a prime number.", "good_res": "7", "bad_res": "8"},
+        {"id": "long", "instruction": "Hi", "good_res": "g", "bad_res": "b"},
+        {"id": "nogood", "instruction": "Hi there", "bad_res": "b"},
+        {"id": "empty", "instruction": "", "good_res": "g", "bad_res": "b"},
+        {"id": "huge", "instruction": "x" * 1_000_000, "good_res": "g", "bad_res": "b"},
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with ScriptedOpenAIServer(reply_fn=good_reply) as srv:
+        summary = run_construct(config(tmp_path / "out", srv.base_url, [str(path)]))
+        assert srv.stats.requests == 2  # the three invalid rows never cost a request
+    assert (summary["rows_in"], summary["rows_out"], summary["rows_rejected"]) == (5, 1, 4)
+    reasons = {r["id"]: r["reason"] for r in table(tmp_path / "out", "rejected")}
+    assert reasons["long"].startswith("length filter: optimized/original")
+    assert "missing field good_res" in reasons["nogood"]
+    assert reasons["empty"] == "empty instruction"
+    assert reasons["huge"].startswith("input too long")
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "feedback.json"
+    bad.write_text("<html>not json</html>")
+    with pytest.raises(InputError, match="feedback.json: not valid JSON"):
+        run_construct(config(tmp_path / "out", "http://127.0.0.1:9/v1", [str(bad)]))
+    with pytest.raises(InputError, match="no such file"):
+        run_construct(config(tmp_path / "out", "http://127.0.0.1:9/v1", [str(tmp_path / "missing.json")]))
+
+
+def test_jsonl_output_format(tmp_path, bpo_data):
+    with ScriptedOpenAIServer(reply_fn=good_reply) as srv:
+        summary = run_construct(config(tmp_path, srv.base_url, [str(bpo_data / "examples_ctx.json")],
+                                       output_format="jsonl"))
+    lines = [json.loads(line) for f in (tmp_path / "pairs").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert len(lines) == summary["rows_out"] == 2 and all(line["optimized_prompt"] for line in lines)
+
+
+def test_local_tiny_model_end_to_end(tmp_path, bpo_data, tiny_model_dir):
+    """The local transformers backend inside the actor pool: a random model writes garbage,
+    so rows are rejected with a reason, but every row comes back and the tokens are counted."""
+    cfg = ConstructConfig(input=[str(bpo_data / "examples_no_ctx.json"), str(bpo_data / "examples_ctx.json")],
+                          output=str(tmp_path), model={"provider": "local", "model": str(tiny_model_dir),
+                                                       "sampling": {"max_tokens": 8}}, cpus_per_actor=1)
+    summary = run_construct(cfg)
+    assert summary["rows_in"] == 4 and summary["rows_out"] + summary["rows_rejected"] == 4
+    assert summary["completion_tokens"] > 0 and summary["requests"] >= 4
+    for row in table(tmp_path, "rejected"):
+        assert row["reason"] and row["model"] == str(tiny_model_dir)

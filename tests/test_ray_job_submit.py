@@ -1,0 +1,75 @@
+"""`ray job submit` of jobs/construct.py to a real head started here, as a cluster user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from bpo_ray.testing.scripted_server import ScriptedOpenAIServer
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reply(body: dict) -> str:
+    instruction = body["messages"][0]["content"].split("[Instruction]\n", 1)[1].split("\n\n[", 1)[0]
+    return f"Comparison: ok\nOptimized Instruction: {instruction} Please be thorough."
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Ray 2.60's dashboard wants a token: token mode on both ends, the token in ~/.ray.
+    env["RAY_AUTH_MODE"] = "token"
+    subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=env)
+    gcs, dashboard = free_port(), free_port()
+    # Short path: Ray's Unix sockets live under it and must stay within 107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="bpo-ray-", dir="/tmp")
+    subprocess.run([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
+                    "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+                    f"--temp-dir={temp_dir}"], check=True, capture_output=True, env=env, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_construct_job_via_ray_job_submit(ray_head, tmp_path, bpo_data):
+    address, env = ray_head
+    out = tmp_path / "out"
+    with ScriptedOpenAIServer(reply_fn=reply) as srv:
+        command = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+                   "--runtime-env-json", json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1"}}),
+                   "--", sys.executable, "jobs/construct.py",
+                   "--input", str(bpo_data / "examples_ctx.json"), "--input", str(bpo_data / "examples_no_ctx.json"),
+                   "--output", str(out), "--base-url", srv.base_url, "--model", "scripted", "--rate-limit", "10"]
+        deadline = time.monotonic() + 120
+        while True:
+            job = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
+            # Right after `ray start` the head's job agent may not be up yet; Ray says so.
+            if "No available agent" not in job.stderr + job.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        served = srv.stats.requests
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in (job.stdout + job.stderr)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_in"] == 4 and summary["rows_out"] == 4 and summary["requests"] == served == 4
+    assert len(list((out / "pairs").glob("*.parquet"))) >= 1
