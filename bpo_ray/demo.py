@@ -40,8 +40,9 @@ def run_demo(*, output: str = "runs/demo", port: int = 8011, limit: int | None =
             output=f"{output.rstrip('/')}/construct",
             limit=limit,
             model=ModelSpec(provider="openai", model=EMBEDDED_MODEL, base_url=url, supports_prefill=True,
-                            concurrency=16, rate_limit=RateLimit(requests_per_s=20),
-                            sampling=Sampling(max_tokens=160)),
+                            concurrency=16, rate_limit=RateLimit(requests_per_s=100),
+                            # A CPU batch of long prompts can take minutes on 2 cores.
+                            timeout_s=600, sampling=Sampling(max_tokens=128)),
         )
         summary = run_construct(cfg)
     finally:

@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 import pyarrow as pa
+import ray.data
+from ray.data.expressions import col
 import pyarrow.compute as pc
 
 from bpo_ray.construct.config import ConstructConfig
@@ -38,6 +40,8 @@ USAGE = ["requests", "retries", "prompt_tokens", "completion_tokens"]
 def run_construct(cfg: ConstructConfig) -> dict[str, Any]:
     """Run the job; returns (and writes to DIR/summary.json) the run's summary."""
     started = time.monotonic()
+    if cfg.model.provider == "openai":
+        cfg.model.api_key()  # a missing key fails here, before any cluster work
     ensure_ray(cfg.ray_address)
     try:
         summary = _run(cfg)
@@ -55,8 +59,6 @@ def run_construct(cfg: ConstructConfig) -> dict[str, Any]:
 def _run(cfg: ConstructConfig) -> dict[str, Any]:
     spec = cfg.model
     http = spec.provider == "openai"
-    if http:
-        spec.api_key()  # fail now, on the driver, if the key is missing
 
     rows = read_feedback(cfg.input, cfg.fields, max_input_chars=cfg.max_input_chars,
                          key_salt=f"{spec.fingerprint()}:{PROMPT_VERSION}")
@@ -70,8 +72,12 @@ def _run(cfg: ConstructConfig) -> dict[str, Any]:
         "pairs": None,
         "rejected": lambda t: t.filter(pc.invert(t.column("retryable"))),
     })
-    todo = rows.filter(lambda r: r["key"] not in done) if done else rows
-    rows_skipped = rows_in - todo.count() if done else 0
+    todo = rows.filter(expr=col("key").not_in(sorted(done))) if done else rows
+    # Files arrive as one block each; cut them into a few batches per block so every actor
+    # of the pool gets work. Materialized before the pool starts: these CPU tasks must not
+    # wait for CPUs the actors (or a model server on the same node) already hold.
+    todo = todo.repartition(target_num_rows_per_block=spec.concurrency * 4).materialize()
+    rows_skipped = rows_in - todo.count()
 
     num_actors = cfg.num_actors or (2 if http else 1)
     limiter = create_shared_limiter(spec.rate_limit.requests_per_s, spec.rate_limit.tokens_per_min) if http else None
@@ -83,7 +89,7 @@ def _run(cfg: ConstructConfig) -> dict[str, Any]:
                                "rate_limiter": limiter},
         batch_size=spec.concurrency,
         batch_format="pyarrow",
-        concurrency=num_actors,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=cfg.cpus_per_actor if cfg.cpus_per_actor is not None else (0.25 if http else 1),
         num_gpus=gpus or None,
     )

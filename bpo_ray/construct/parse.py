@@ -43,6 +43,9 @@ def parse_continuation(prefill: str | None, continuation: str) -> Parsed | None:
 
 def _clean(text: str) -> str:
     text = text.strip()
+    # The instruction is one paragraph: what follows a blank line is the model rambling on
+    # (small models start answering it).
+    text = text.split("\n\n", 1)[0]
     # A model sometimes adds a second section after the instruction; keep only ours.
     for marker in ("\nComparison:", "\n" + TAG):
         cut = text.find(marker)

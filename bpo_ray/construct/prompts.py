@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bpo_ray.models.base import ChatRequest
 
-PROMPT_VERSION = "construct-v1"
+PROMPT_VERSION = "construct-v2"
 TAG = "Optimized Instruction:"
 
 _INTRO = (
@@ -37,11 +37,15 @@ _CONTEXT_RULE = (
     "will receive it as it is, after your instruction.\n"
 )
 
-REPAIR = (
-    "Your reply did not contain the line starting with \"{tag}\". Reply with that line only: "
-    "the rewritten instruction, keeping all of the original instruction's information and "
-    "intent, without answering it."
-)
+REPAIR = """\
+Rewrite the instruction below so that an assistant would give a more helpful, more accurate \
+and safer answer to it. Keep all of its information and intent, do not answer it, and reply \
+with only the rewritten instruction, on one line after "{tag}".{context_note}
+
+Instruction: {instruction}"""
+
+_REPAIR_CONTEXT_NOTE = " The instruction comes with a context that stays as it is; do not repeat it."
+REPAIR_SAMPLING = {"max_tokens": 128, "stop": ["\n\n"]}
 
 
 def construction_messages(instruction: str, context: str, good: str, bad: str, *, has_context: bool) -> list[dict[str, str]]:
@@ -62,12 +66,15 @@ def construction_request(row: dict) -> ChatRequest:
     )
 
 
-def repair_request(first: ChatRequest, first_reply: str, *, prefill: bool) -> ChatRequest:
-    """Follow-up that asks only for the optimized instruction; pre-fills the tag when the
-    endpoint can continue an assistant turn (small models follow that far more often)."""
-    messages = [
-        *first.messages,
-        {"role": "assistant", "content": first_reply},
-        {"role": "user", "content": REPAIR.format(tag=TAG)},
-    ]
-    return ChatRequest(messages, prefill=TAG if prefill else None)
+def repair_request(row: dict, *, prefill: bool) -> ChatRequest:
+    """The one follow-up a reply without the tag gets: a short request for the rewrite alone.
+
+    Self-contained on purpose: the long feedback conversation is what the model just failed to
+    follow, and small models asked to continue it copy the responses instead (measured with the
+    embedded model). Pre-filling the tag, where the endpoint can continue an assistant turn,
+    makes them answer in the expected shape far more often.
+    """
+    note = _REPAIR_CONTEXT_NOTE if row["has_context"] else ""
+    content = REPAIR.format(tag=TAG, context_note=note, instruction=row["instruction"])
+    return ChatRequest([{"role": "user", "content": content}], prefill=TAG if prefill else None,
+                       sampling=dict(REPAIR_SAMPLING))

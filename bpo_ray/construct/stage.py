@@ -33,7 +33,7 @@ class ConstructStage(ModelStage):
         todo = [i for i, (r, p) in enumerate(zip(replies, parsed)) if r.ok and p is None]
         if self.repair and todo:
             prefill = getattr(backend, "supports_prefill", self.spec.prefill)
-            asks = [repair_request(first[i], replies[i].text, prefill=prefill) for i in todo]
+            asks = [repair_request(rows[i], prefill=prefill) for i in todo]
             for i, ask, reply in zip(todo, asks, await backend.chat_batch(asks)):
                 repairs[i] = (ask, reply)
         return [self._finish(row, replies[i], parsed[i], repairs.get(i)) for i, row in enumerate(rows)]

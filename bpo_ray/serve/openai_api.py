@@ -144,8 +144,11 @@ def new_request_id() -> str:
 
 
 def to_completion_json(result: ChatResult, *, model: str, request_id: str) -> dict[str, Any]:
-    """A `chat.completion` object; raises OpenAIError(500) for a failed result."""
+    """A `chat.completion` object. A failed result raises OpenAIError: 400 when retrying cannot
+    help (prompt too long, bad sampling values; what OpenAI answers too), else 500."""
     if result.error is not None:
+        if not result.retryable:
+            raise OpenAIError(400, result.error, type="invalid_request_error")
         raise OpenAIError(500, result.error, type="server_error")
     choices = []
     for i, text in enumerate(result.texts):

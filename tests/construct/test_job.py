@@ -18,7 +18,10 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def instruction_of(body: dict) -> str:
-    return body["messages"][0]["content"].split("[Instruction]\n", 1)[1].split("\n\n[", 1)[0]
+    content = body["messages"][0]["content"]
+    if "[Instruction]\n" not in content:  # the short repair request
+        return content.rsplit("Instruction: ", 1)[1]
+    return content.split("[Instruction]\n", 1)[1].split("\n\n[", 1)[0]
 
 
 def good_reply(body: dict) -> str:

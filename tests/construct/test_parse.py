@@ -3,7 +3,7 @@
 import pytest
 
 from bpo_ray.construct.parse import LengthFilter, parse_continuation, parse_reply
-from bpo_ray.construct.prompts import TAG, construction_messages, repair_request, construction_request
+from bpo_ray.construct.prompts import TAG, construction_messages, repair_request
 
 
 @pytest.mark.parametrize("reply, optimized", [
@@ -51,10 +51,17 @@ def test_context_variant_keeps_context_out_of_the_rewrite():
         assert "correctness first" in text and TAG in text and "[Preferred response]\ngood" in text
 
 
-def test_repair_round_pre_fills_the_tag_only_when_supported():
-    first = construction_request({"instruction": "Hi", "context": "", "has_context": False,
-                                  "good_res": "g", "bad_res": "b"})
-    with_prefill = repair_request(first, "some reply", prefill=True)
+def test_repair_round_is_short_and_pre_fills_the_tag_only_when_supported():
+    row = {"instruction": "Summarize it.", "context": "Long text.", "has_context": True,
+           "good_res": "GOOD ANSWER", "bad_res": "BAD ANSWER"}
+    with_prefill = repair_request(row, prefill=True)
     assert with_prefill.prefill == TAG
-    assert [m["role"] for m in with_prefill.messages] == ["user", "assistant", "user"]
-    assert repair_request(first, "some reply", prefill=False).prefill is None
+    [message] = with_prefill.messages
+    assert "Summarize it." in message["content"] and "context" in message["content"]
+    assert "GOOD ANSWER" not in message["content"]  # nothing to copy from
+    assert with_prefill.sampling["stop"] == ["\n\n"]
+    assert repair_request(row, prefill=False).prefill is None
+
+
+def test_instruction_ends_at_the_first_blank_line():
+    assert parse_reply("Optimized Instruction: Explain X.\n\n1. X is ...").optimized == "Explain X."

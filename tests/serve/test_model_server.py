@@ -21,6 +21,7 @@ from bpo_ray.serve.model_server import start_model_server
 from bpo_ray.serve.openai_api import (
     ChatCompletionRequest, OpenAIError, to_chat_request, to_completion_json,
 )
+from tiny_model import MAX_POSITIONS  # tests/ is on sys.path (conftest)
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +43,13 @@ def test_request_conversion_keeps_only_what_the_client_set() -> None:
     assert chat.sampling == {"max_tokens": 7, "stop": ["\n"]}
 
 
-def test_failed_result_is_a_server_error() -> None:
+def test_failed_result_status_follows_retryability() -> None:
     with pytest.raises(OpenAIError) as info:
-        to_completion_json(ChatResult(error="boom"), model="m", request_id="1")
+        to_completion_json(ChatResult(error="boom", retryable=True), model="m", request_id="1")
     assert (info.value.status, info.value.type, info.value.message) == (500, "server_error", "boom")
+    with pytest.raises(OpenAIError) as info:
+        to_completion_json(ChatResult(error="too long"), model="m", request_id="1")
+    assert (info.value.status, info.value.type) == (400, "invalid_request_error")
 
 
 def _free_port() -> int:
@@ -60,17 +64,12 @@ def model_id(tiny_model_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def base_url(model_id: str) -> Iterator[str]:
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        ray.init(num_cpus=4, include_dashboard=False)
+def base_url(model_id: str, ray_local: None) -> Iterator[str]:
     try:
         spec = ModelSpec(provider="local", model=model_id, concurrency=8)
         yield start_model_server(spec, port=_free_port(), name="test-model")
     finally:
         serve.shutdown()
-        if owns_ray:
-            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +179,12 @@ def test_unknown_model_is_404(base_url: str, client: openai.OpenAI) -> None:
         client.chat.completions.create(model="gpt-9", messages=USER)  # type: ignore[arg-type]
 
 
-def test_backend_error_is_500(base_url: str, model_id: str) -> None:
-    # The tiny model has 256 positions: the backend refuses this prompt with an error result.
-    long = [{"role": "user", "content": "x" * 400}]
+def test_prompt_too_long_is_400(base_url: str, model_id: str) -> None:
+    # One token per byte: longer than the position table, so the backend answers with an error.
+    long = [{"role": "user", "content": "x" * (MAX_POSITIONS + 100)}]
     status, body = _raw(f"{base_url}/chat/completions", {"model": model_id, "messages": long})
-    assert status == 500
-    assert body["error"]["type"] == "server_error" and "too long" in body["error"]["message"]
+    assert status == 400  # as OpenAI answers: retrying cannot help, so clients must not
+    assert body["error"]["type"] == "invalid_request_error" and "too long" in body["error"]["message"]
 
 
 def test_invalid_json_is_400(base_url: str) -> None:

@@ -1,0 +1,41 @@
+"""The `bpo-ray` command line as a user meets it (a real subprocess)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BPO_RAY = str(Path(sys.executable).with_name("bpo-ray"))
+
+
+def run(*args):
+    return subprocess.run([BPO_RAY, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_the_verbs():
+    out = run("--help")
+    assert out.returncode == 0
+    for verb in ("construct", "serve-model", "demo"):
+        assert verb in out.stdout
+
+
+def test_construct_help_shows_flags_and_defaults():
+    out = run("construct", "--help")
+    assert out.returncode == 0
+    for flag in ("--input", "--output", "--model", "--base-url", "--api-key-env", "--concurrency",
+                 "--rate-limit", "--limit", "--config", "default: 16"):
+        assert flag in out.stdout
+
+
+def test_bad_setting_is_one_clear_line(tmp_path):
+    out = run("construct", "--input", "x.json", "--output", str(tmp_path), "--concurrency", "0")
+    assert out.returncode == 2
+    assert "model.concurrency" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_key_names_the_variable_not_the_key(tmp_path):
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "bpo" / "examples_no_ctx.json"
+    out = subprocess.run([BPO_RAY, "construct", "--input", str(data), "--output", str(tmp_path),
+                          "--base-url", "https://api.example.invalid/v1", "--model", "m",
+                          "--api-key-env", "BPO_MISSING_KEY"],
+                         capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2 and "BPO_MISSING_KEY" in out.stderr

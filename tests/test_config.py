@@ -1,0 +1,53 @@
+"""Configs: YAML files in the repo validate; bad settings are named, all at once."""
+
+from pathlib import Path
+
+import pytest
+
+from bpo_ray.config import load_config
+from bpo_ray.construct.config import ConstructConfig
+from bpo_ray.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("construct-*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_repo_configs_validate(path):
+    cfg = load_config(ConstructConfig, path, {"input": ["x.jsonl"], "output": "out"})
+    assert cfg.model.provider in {"openai", "local"}
+
+
+def test_flags_override_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("input: a.json\noutput: out\nmodel: {concurrency: 4, rate_limit: {requests_per_s: 5}}\n")
+    cfg = load_config(ConstructConfig, path, {"model.rate_limit.requests_per_s": 9, "limit": None})
+    assert cfg.input == ["a.json"] and cfg.model.concurrency == 4 and cfg.model.rate_limit.requests_per_s == 9
+
+
+def test_every_bad_field_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("input: a.json\noutput: out\nmodel:\n  temperature_typo: 1\n  concurrency: 0\n"
+                    "  rate_limit: {requests_per_s: -1}\nlimit: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(ConstructConfig, path)
+    message = str(info.value)
+    for field in ("model.temperature_typo", "model.concurrency", "model.rate_limit.requests_per_s", "limit"):
+        assert field in message
+
+
+def test_missing_required_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="input"):
+        load_config(ConstructConfig, None, {"output": "out"})
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(ConstructConfig, path)
+
+
+def test_fingerprint_ignores_speed_settings_but_not_sampling():
+    from bpo_ray.models import ModelSpec
+
+    base = ModelSpec(provider="openai", model="m", base_url="http://x/v1")
+    assert base.fingerprint() == base.model_copy(update={"concurrency": 99, "max_retries": 1}).fingerprint()
+    hotter = ModelSpec(provider="openai", model="m", base_url="http://x/v1", sampling={"temperature": 0.7})
+    assert base.fingerprint() != hotter.fingerprint()
