@@ -1,8 +1,9 @@
 """Client-side rate limiting: requests/s and tokens/min, shared by every actor of a job.
 
-The limiter only *schedules*: `reserve` returns how long the caller must wait before sending,
-so one implementation serves both a single process (`RateLimiter.acquire`) and a whole Ray
-Data actor pool (`RateLimiterActor`, one named actor that every stage actor asks).
+The limiter only *schedules*: `reserve` returns the wall-clock time at which the caller may
+send, so one implementation serves both a single process (`RateLimiter.acquire`) and a whole
+Ray Data actor pool (`RateLimiterActor`, one actor that every stage actor asks). An absolute
+time, not a delay, so the round trip to the actor does not shift (and bunch) requests.
 The schedule is GCRA (a virtual-clock token bucket): requests are spaced evenly at the limit
 instead of bursting, which is what keeps a strict server-side window from answering 429.
 """
@@ -46,14 +47,14 @@ class RateLimiter:
         return self._requests is not None or self._tokens is not None
 
     def reserve(self, tokens: int = 0) -> float:
-        """Book one request of about `tokens` tokens; returns the seconds to wait before sending."""
-        now = time.monotonic()
+        """Book one request of about `tokens` tokens; returns when (time.time()) to send it."""
+        now = time.time()
         wait = 0.0
         if self._requests:
             wait = self._requests.reserve(1, now)
         if self._tokens and tokens:
             wait = max(wait, self._tokens.reserve(tokens, now))
-        return wait
+        return now + wait
 
     def settle(self, token_error: int) -> None:
         """Correct a token estimate once the server reported real usage."""
@@ -61,15 +62,19 @@ class RateLimiter:
             self._tokens.settle(token_error)
 
     async def acquire(self, tokens: int = 0) -> None:
-        wait = self.reserve(tokens)
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await sleep_until(self.reserve(tokens))
+
+
+async def sleep_until(when: float) -> None:
+    wait = when - time.time()
+    if wait > 0:
+        await asyncio.sleep(wait)
 
 
 class RateLimiterActor:
     """Ray actor wrapper: one limiter for every actor of a job (create with `ray.remote`).
 
-    Its clock is the actor's; callers sleep on their own side, so a call costs one round trip.
+    Callers sleep on their own side until the time it returns: one round trip per request.
     """
 
     def __init__(self, requests_per_s: float | None, tokens_per_min: float | None):
@@ -91,9 +96,7 @@ class RemoteRateLimiter:
         self._handle = handle
 
     async def acquire(self, tokens: int = 0) -> None:
-        wait = await self._handle.reserve.remote(tokens)
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await sleep_until(await self._handle.reserve.remote(tokens))
 
     def settle(self, token_error: int) -> None:
         if token_error:
