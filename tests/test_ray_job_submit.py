@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,15 +15,10 @@ from pathlib import Path
 import pytest
 
 from bpo_ray.testing.scripted_server import ScriptedOpenAIServer
+from ports import free_port  # tests/ is on sys.path (conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def reply(body: dict) -> str:
@@ -32,21 +27,34 @@ def reply(body: dict) -> str:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # Ray 2.60's dashboard wants a token: token mode on both ends, the token in ~/.ray.
     env["RAY_AUTH_MODE"] = "token"
     subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=env)
     gcs, dashboard = free_port(), free_port()
+    # Every fixed default port moved: the test session's own Ray already holds them
+    # (a head whose dashboard agent cannot bind 52365 answers "No available agent").
+    own_ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "ray-client-server-port")]
     # Short path: Ray's Unix sockets live under it and must stay within 107 characters.
     temp_dir = tempfile.mkdtemp(prefix="bpo-ray-", dir="/tmp")
-    subprocess.run([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
-                    "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
-                    f"--temp-dir={temp_dir}"], check=True, capture_output=True, env=env, timeout=180)
+    # --block and a session of its own, so teardown stops this head only: `ray stop` would
+    # kill every Ray process on the machine, the test session's own cluster included.
+    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
+                             "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+                             f"--temp-dir={temp_dir}", *own_ports], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -63,8 +71,10 @@ def test_construct_job_via_ray_job_submit(ray_head, tmp_path, bpo_data):
         deadline = time.monotonic() + 120
         while True:
             job = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
-            # Right after `ray start` the head's job agent may not be up yet; Ray says so.
-            if "No available agent" not in job.stderr + job.stdout or time.monotonic() > deadline:
+            # The head is still coming up: dashboard not listening yet, or its job agent not ready.
+            starting = any(s in job.stderr + job.stdout for s in ("No available agent", "Connection refused",
+                                                                  "Failed to connect", "ConnectionError"))
+            if job.returncode == 0 or not starting or time.monotonic() > deadline:
                 break
             time.sleep(3)
         served = srv.stats.requests

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 
-import pyarrow as pa
 import pytest
 
 from bpo_ray.construct.config import ConstructConfig
@@ -13,6 +11,7 @@ from bpo_ray.construct.job import run_construct
 from bpo_ray.data.ledger import read_table
 from bpo_ray.errors import InputError
 from bpo_ray.testing.scripted_server import Fault, ScriptedOpenAIServer
+from ports import dead_url  # tests/ is on sys.path (conftest)
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -76,9 +75,7 @@ def test_rerun_resumes_and_pays_nothing(tmp_path, bpo_data):
 
 
 def test_dead_api_rows_are_rejected_then_retried_on_resume(tmp_path, bpo_data):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    dead = dead_url()
     inputs = [str(bpo_data / "examples_no_ctx.json")]
     down = run_construct(config(tmp_path, dead, inputs, model={"max_retries": 1}))
     assert down["rows_rejected"] == down["rows_rejected_retryable"] == 2 and down["rows_out"] == 0

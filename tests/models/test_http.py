@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from bpo_ray.models import ChatRequest, ModelSpec, build_backend
 from bpo_ray.models.ratelimit import HEADROOM, RateLimiter
 from bpo_ray.testing.scripted_server import Fault, ScriptedOpenAIServer
+from ports import dead_url  # tests/ is on sys.path (conftest)
 
 HELLO = ChatRequest([{"role": "user", "content": "hello"}])
 
@@ -85,10 +85,7 @@ def test_retries_exhausted_gives_retryable_error(server):
 
 
 def test_dead_api_is_a_result_not_a_crash():
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    [res] = run(build_backend(spec_for(f"http://127.0.0.1:{port}/v1", max_retries=1)), [HELLO])
+    [res] = run(build_backend(spec_for(dead_url(), max_retries=1)), [HELLO])
     assert not res.ok and res.retryable and res.error.startswith("connection error")
 
 

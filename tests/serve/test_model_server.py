@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ from typing import Any
 
 import openai
 import pytest
-import ray
 from ray import serve
 
 from bpo_ray.models import ChatResult, ModelSpec
@@ -22,6 +20,7 @@ from bpo_ray.serve.openai_api import (
     ChatCompletionRequest, OpenAIError, to_chat_request, to_completion_json,
 )
 from tiny_model import MAX_POSITIONS  # tests/ is on sys.path (conftest)
+from ports import free_port  # tests/ is on sys.path (conftest)
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +51,6 @@ def test_failed_result_status_follows_retryability() -> None:
     assert (info.value.status, info.value.type) == (400, "invalid_request_error")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_id(tiny_model_dir: Path) -> str:
     return str(tiny_model_dir)
@@ -67,7 +60,7 @@ def model_id(tiny_model_dir: Path) -> str:
 def base_url(model_id: str, ray_local: None) -> Iterator[str]:
     try:
         spec = ModelSpec(provider="local", model=model_id, concurrency=8)
-        yield start_model_server(spec, port=_free_port(), name="test-model")
+        yield start_model_server(spec, port=free_port(), name="test-model")
     finally:
         serve.shutdown()
 
