@@ -1,0 +1,190 @@
+"""The train job: pairs -> a fine-tuned prompt optimizer, on Ray Data + Ray Train + DeepSpeed.
+
+Layout, top to bottom: check the settings and the base model (no cluster work yet), read and
+tokenize the pairs on Ray Data (rejected rows set aside with their reason) and split them,
+then one TorchTrainer with `num_workers` DeepSpeed workers, each reading its shard of the
+train split, and finally the consolidated model from the last checkpoint into DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from bpo_ray.config import load_config
+from bpo_ray.errors import BpoRayError, ConfigError
+from bpo_ray.models.spec import EMBEDDED_MODEL
+from bpo_ray.ray_utils import ensure_ray, user_error_in
+from bpo_ray.train.config import TrainConfig
+from bpo_ray.train.data import check_rows, read_pairs, reason_counts, tokenize_and_split, write_rejected
+from bpo_ray.train.deepspeed_config import build_deepspeed_config, resolve_precision
+from bpo_ray.train.export import MODEL_SUBDIR, finish_output
+from bpo_ray.train.loop import LoopConfig, micro_batches_per_epoch, total_optimizer_steps, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+FINAL_METRICS = ("step", "epoch", "val_loss", "loss", "loss_first", "tokens_per_s", "peak_memory_mb")
+
+
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the job; returns (and writes to DIR/summary.json) the run's summary."""
+    started = time.monotonic()
+    model_path = resolve_base_model(cfg.base_model)
+    ensure_ray(cfg.ray_address)
+    try:
+        summary = _run(cfg, model_path)
+    except Exception as exc:
+        if (user_error := user_error_in(exc)) is not None:
+            raise user_error from None
+        raise
+    summary["wall_s"] = round(time.monotonic() - started, 2)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def _run(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from bpo_ray.train.tokenize import load_tokenizer, pad_id_of
+
+    # Data: read, account for every row, tokenize, split. All before a worker starts.
+    rows = read_pairs(cfg.input, cfg.fields, limit=cfg.limit).materialize()
+    counts, reasons = reason_counts(rows)
+    check_rows(counts, reasons, cfg.fields)
+    splits = tokenize_and_split(rows, tokenizer_path=model_path, template=cfg.template,
+                                max_length=cfg.max_length, val_size=cfg.val_size, seed=cfg.seed)
+    rejected_path = write_rejected(cfg.output, splits.rejected)
+
+    # Schedule and DeepSpeed config, from the data and the devices the cluster has.
+    on_gpu = cfg.use_gpu if isinstance(cfg.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= 1
+    ds = cfg.deepspeed_for(on_gpu=on_gpu)
+    per_epoch = micro_batches_per_epoch(splits.train_rows, cfg.num_workers, ds.micro_batch_per_gpu)
+    if per_epoch == 0:
+        raise ConfigError(f"num_workers: {cfg.num_workers} workers need at least {cfg.num_workers} "
+                          f"training rows (got {splits.train_rows})")
+    total_steps = total_optimizer_steps(per_epoch, cfg.epochs, ds.gradient_accumulation_steps)
+    ds_config = build_deepspeed_config(ds, world_size=cfg.num_workers, on_gpu=on_gpu, total_steps=total_steps,
+                                       warmup_ratio=cfg.warmup_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loop = LoopConfig(
+        model_path=model_path, ds_config=ds_config, pad_id=pad_id_of(load_tokenizer(model_path)),
+        epochs=cfg.epochs, micro_batches_per_epoch=per_epoch, micro_batch=ds.micro_batch_per_gpu,
+        logging_steps=cfg.logging_steps, checkpoint_every_steps=cfg.checkpoint_every_steps,
+        stop_after_steps=cfg.stop_after_steps, seed=cfg.seed, on_gpu=on_gpu,
+    )
+
+    # The deployment: num_workers DeepSpeed ranks, each with its train shard and the whole
+    # (small) validation split; checkpoints and run state under storage_path/run_name.
+    run_name = cfg.resolved_run_name()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop.to_dict(),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=on_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if on_gpu else {})}),
+        run_config=RunConfig(
+            name=run_name, storage_path=cfg.resolved_storage_path(),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+        datasets={"train": splits.train, "val": splits.val},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    finished = bool(metrics.get("finished"))
+
+    if finished:
+        with result.checkpoint.as_directory() as folder:
+            finish_output(Path(folder) / MODEL_SUBDIR, cfg.output, template=cfg.template,
+                          train_config=cfg.model_dump(mode="json"),
+                          metrics={k: metrics[k] for k in FINAL_METRICS if metrics.get(k) is not None})
+
+    return {
+        "output": cfg.output,
+        "finished": finished,
+        "run_name": run_name,
+        "storage_path": cfg.resolved_storage_path(),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "base_model": cfg.base_model,
+        "device": "gpu" if on_gpu else "cpu",
+        "precision": resolve_precision(ds.precision, on_gpu=on_gpu),
+        "zero_stage": ds.zero_stage,
+        "num_workers": cfg.num_workers,
+        "rows_in": splits.rows_in,
+        "rows_train": splits.train_rows,
+        "rows_val": splits.val_rows,
+        "rows_rejected": len(splits.rejected),
+        "reject_reasons": _top_reasons(splits.rejected),
+        "rejected_file": rejected_path,
+        "tokens": splits.train_tokens,
+        "micro_batches_per_epoch": per_epoch,
+        "total_steps": total_steps,
+        "start_step": metrics.get("start_step", 0),
+        **{k: metrics[k] for k in FINAL_METRICS if k in metrics},
+    }
+
+
+def resolve_base_model(name: str) -> str:
+    """The base model's folder (or hub id found in the local HF cache); fails naming
+    `base_model` when it is neither, before any Ray work."""
+    if name == EMBEDDED_MODEL:
+        from bpo_ray.models.embedded import resolve_model_path
+
+        return resolve_model_path(name)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"base_model: {folder} has no config.json; not a Hugging Face model folder")
+        return str(folder.resolve())
+    if folder.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or folder.exists():
+        raise ConfigError(f"base_model: model folder not found: {folder.absolute()}")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"base_model: {name!r} is not a local folder and not in the local Hugging Face "
+                          f"cache ({type(exc).__name__})") from None
+    return name
+
+
+def _top_reasons(rejected: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rejected:
+        label = row["reason"].split(":")[0].split(" (")[0]
+        counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def train_from_cli(overrides: dict[str, Any], config_path: str | None) -> dict[str, Any]:
+    """What `bpo-ray train` calls: YAML config (optional) plus dotted-key overrides (None
+    values skipped), validated, then run."""
+    return run_train(load_config(TrainConfig, config_path, overrides))
+
+
+def cli_entry(argv: list[str] | None = None) -> dict[str, Any]:
+    """`python jobs/train.py --input PATH --output DIR ...`: the same flags as `bpo-ray train`."""
+    parser = argparse.ArgumentParser(prog="jobs/train.py", description="Fine-tune the BPO prompt optimizer.")
+    parser.add_argument("--input", "-i", action="append", help="Pairs: construct output folder or pair files (repeatable).")
+    parser.add_argument("--output", "-o", help="Folder for the trained model.")
+    parser.add_argument("--base-model", help="HF id, local folder, or 'embedded' (default).")
+    parser.add_argument("--num-workers", type=int, help="Training workers (default 2).")
+    parser.add_argument("--zero-stage", type=int, help="DeepSpeed ZeRO stage 0-3 (default 2).")
+    parser.add_argument("--epochs", type=int, help="Epochs (default 3).")
+    parser.add_argument("--config", "-c", help="YAML config; flags override it.")
+    args = vars(parser.parse_args(argv))
+    config_path = args.pop("config")
+    overrides = {"input": args["input"], "output": args["output"], "base_model": args["base_model"],
+                 "num_workers": args["num_workers"], "deepspeed.zero_stage": args["zero_stage"],
+                 "epochs": args["epochs"]}
+    try:
+        return train_from_cli(overrides, config_path)
+    except BpoRayError as exc:
+        parser.exit(2, f"error: {exc}\n")

@@ -1,0 +1,158 @@
+"""The train job end to end on a tiny random Llama: Ray Data -> Ray Train + DeepSpeed -> HF folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from bpo_ray.errors import BpoRayError, ConfigError
+from bpo_ray.models.base import ChatRequest
+from bpo_ray.optimizer_template import OptimizerTemplate
+from bpo_ray.train.config import TrainConfig
+from bpo_ray.train.job import run_train, train_from_cli
+
+TEMPLATE = {"style": "chat", "instruction": "Rewrite:"}
+PAIRS = [
+    {"prompt": "tell me a joke", "optimized_prompt": "Tell me a short, clean joke."},
+    {"prompt": "how to cook rice", "optimized_prompt": "Explain rice cooking step by step."},
+    {"prompt": "what is ai", "optimized_prompt": "Define AI in two sentences."},
+    {"prompt": "fix my code", "optimized_prompt": "Debug the code and explain the fix."},
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def base_config(tmp_path: Path, model_dir: Path, **overrides) -> dict:
+    """Settings for a tiny, quick run: short targets, a short template, no warm-up wait."""
+    data = write_jsonl(tmp_path / "pairs.jsonl",
+                       [{**p, "id": f"{i}-{k}"} for k in range(6) for i, p in enumerate(PAIRS)])
+    cfg = {
+        "input": [str(data)], "output": str(tmp_path / "out"), "base_model": str(model_dir),
+        "num_workers": 1, "use_gpu": False, "epochs": 2, "lr": 3e-3, "warmup_ratio": 0.1,
+        "max_length": 96, "val_size": 2, "logging_steps": 2, "checkpoint_every_steps": None,
+        "storage_path": str(tmp_path / "runs"), "template": TEMPLATE,
+        "deepspeed": {"zero_stage": 0, "micro_batch_per_gpu": 4},
+    }
+    for key, value in overrides.items():
+        if key == "deepspeed":
+            cfg["deepspeed"] = {**cfg["deepspeed"], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def param_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+# --- fast: bad settings fail before any worker starts ---
+
+
+@pytest.mark.parametrize("override, setting", [
+    ({"deepspeed": {"zero_stage": 5}}, "deepspeed.zero_stage"),
+    ({"lr": -1e-5}, "lr"),
+    ({"val_size": 1.5}, "val_size"),
+    ({"base_model": "/nonexistent/model-folder"}, "base_model"),
+])
+def test_bad_settings_fail_before_ray(tmp_path, tiny_model_dir, override, setting):
+    cfg = base_config(tmp_path, tiny_model_dir, **override)
+    flat = {k: v for k, v in cfg.items() if k != "deepspeed"}
+    flat.update({f"deepspeed.{k}": v for k, v in cfg["deepspeed"].items()})
+    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+        train_from_cli(flat, None)
+
+
+def test_stage_0_drops_the_default_offload_and_cpu_takes_torch_adam(tmp_path):
+    cfg = TrainConfig(input=["x"], output=str(tmp_path), deepspeed={"zero_stage": 0})
+    assert cfg.deepspeed.offload_optimizer is False
+    cpu = TrainConfig(input=["x"], output=str(tmp_path)).deepspeed_for(on_gpu=False)
+    assert cpu.torch_adam and not cpu.offload_optimizer and cpu.zero_stage == 2
+    assert TrainConfig(input=["x"], output=str(tmp_path)).deepspeed_for(on_gpu=True).offload_optimizer
+
+
+def test_run_name_follows_the_output(tmp_path):
+    a = TrainConfig(input=["x"], output=str(tmp_path / "a")).resolved_run_name()
+    assert a == TrainConfig(input=["x"], output=str(tmp_path / "a")).resolved_run_name()
+    assert a != TrainConfig(input=["x"], output=str(tmp_path / "b" / "a")).resolved_run_name()
+
+
+def test_missing_column_fails_naming_it(tmp_path, tiny_model_dir, ray_local):
+    data = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": p["prompt"], "rewrite": "x"} for p in PAIRS])
+    cfg = TrainConfig(**base_config(tmp_path, tiny_model_dir, input=[str(data)]))
+    with pytest.raises(ConfigError, match="optimized_prompt.*fields.target"):
+        run_train(cfg)
+
+
+def test_empty_dataset_fails(tmp_path, tiny_model_dir, ray_local):
+    data = tmp_path / "empty.jsonl"
+    data.write_text("")
+    with pytest.raises(ConfigError, match="input: no rows"):
+        run_train(TrainConfig(**base_config(tmp_path, tiny_model_dir, input=[str(data)])))
+
+
+def test_missing_input_fails(tmp_path, tiny_model_dir, ray_local):
+    with pytest.raises(BpoRayError, match="input: .*no such file"):
+        run_train(TrainConfig(**base_config(tmp_path, tiny_model_dir, input=[str(tmp_path / "nope.json")])))
+
+
+# --- slow: real training runs ---
+
+
+@pytest.mark.slow
+def test_one_worker_memorizes_pairs_and_exports_a_loadable_model(tmp_path, tiny_model_dir, ray_local):
+    from bpo_ray.models.local import TransformersBackend
+    from bpo_ray.models.spec import ModelSpec
+
+    cfg = TrainConfig(**base_config(tmp_path, tiny_model_dir, epochs=12, lr=1e-2, logging_steps=4,
+                                    checkpoint_every_steps=1000))
+    summary = run_train(cfg)
+    out = Path(cfg.output)
+    assert summary["finished"] and summary["rows_train"] + summary["rows_val"] + summary["rows_rejected"] == 24
+    assert summary["loss"] < summary["loss_first"] / 4, summary
+    assert summary["val_loss"] is not None
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                 "bpo_template.json", "README.md", "summary.json", "train_config.json"):
+        assert (out / name).is_file(), name
+    template = OptimizerTemplate.load(out)
+    assert template.style == "chat"
+
+    backend = TransformersBackend(ModelSpec(model=str(out), device="cpu", sampling={"max_tokens": 48}))
+    pair = PAIRS[1]
+    messages = [{"role": "user", "content": f"{template.instruction}\n\n{pair['prompt']}"}]
+    (result,) = asyncio.run(backend.chat_batch([ChatRequest(messages=messages)]))
+    assert result.error is None
+    assert template.parse_output(result.texts[0]) == pair["optimized_prompt"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_workers_zero_export_matches_the_base(tmp_path, tiny_model_dir, ray_local, stage):
+    cfg = TrainConfig(**base_config(tmp_path, tiny_model_dir, num_workers=2, epochs=1,
+                                    deepspeed={"zero_stage": stage}))
+    summary = run_train(cfg)
+    assert summary["finished"] and summary["zero_stage"] == stage and summary["num_workers"] == 2
+    out = Path(cfg.output)
+    assert param_shapes(out) == param_shapes(tiny_model_dir)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.slow
+def test_resubmitting_the_run_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, ray_local):
+    cfg = base_config(tmp_path, tiny_model_dir, epochs=2, checkpoint_every_steps=2, run_name="resume-me")
+    first = run_train(TrainConfig(**cfg, stop_after_steps=3))
+    assert not first["finished"] and first["start_step"] == 0 and first["step"] == 3
+    assert not (Path(cfg["output"]) / "model.safetensors").exists()
+    second = run_train(TrainConfig(**cfg))
+    assert second["finished"] and second["start_step"] == 3
+    assert second["step"] == second["total_steps"] == 12
