@@ -50,6 +50,7 @@ def run_construct(cfg: ConstructConfig) -> dict[str, Any]:
             raise user_error from None
         raise
     summary["wall_s"] = round(time.monotonic() - started, 2)
+    summary["requests_per_s"] = round(summary["requests"] / summary["wall_s"], 2) if summary["wall_s"] else 0.0
     fs, base = filesystem_and_path(cfg.output)
     with fs.open_output_stream(f"{base.rstrip('/')}/summary.json") as out:
         out.write(json.dumps(summary, indent=2).encode())
