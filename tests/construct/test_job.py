@@ -132,10 +132,12 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
 
 def test_jsonl_output_format(tmp_path, bpo_data):
     with ScriptedOpenAIServer(reply_fn=good_reply) as srv:
-        summary = run_construct(config(tmp_path, srv.base_url, [str(bpo_data / "examples_ctx.json")],
-                                       output_format="jsonl"))
+        cfg = config(tmp_path, srv.base_url, [str(bpo_data / "examples_ctx.json")], output_format="jsonl")
+        summary = run_construct(cfg)
+        again = run_construct(cfg)  # resume reads the JSON Lines ledger too
     lines = [json.loads(line) for f in (tmp_path / "pairs").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert len(lines) == summary["rows_out"] == 2 and all(line["optimized_prompt"] for line in lines)
+    assert again["rows_skipped"] == 2 and again["requests"] == 0
 
 
 def test_local_tiny_model_end_to_end(tmp_path, bpo_data, tiny_model_dir):
