@@ -104,6 +104,36 @@ def construct(
     print_summary("construct summary", summary)
 
 
+@app.command()
+def train(
+    input: list[str] = typer.Option(None, "--input", "-i", help="Pairs: a construct output folder, or JSON/JSONL/Parquet pair files (repeatable)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Folder for the trained optimizer (HF format + template + card)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; flags override it."),
+    base_model: Optional[str] = typer.Option(None, help="HF id, local folder, or 'embedded' (default)."),
+    num_workers: Optional[int] = typer.Option(None, help="Training workers, one GPU each when present (default: 2)."),
+    zero_stage: Optional[int] = typer.Option(None, help="DeepSpeed ZeRO stage 0-3 (default: 2, optimizer offloaded)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: 3)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: 2e-5, 10% linear warm-up, linear decay)."),
+    max_length: Optional[int] = typer.Option(None, help="Most tokens per example (default: 512)."),
+    run_name: Optional[str] = typer.Option(None, help="Ray Train run name; the same name resumes (default: from --output)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N input rows."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: RAY_ADDRESS, else local)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Fine-tune the prompt optimizer with Ray Train + DeepSpeed."""
+    _setup_logging(verbose)
+    overrides = {"input": input or None, "output": output, "base_model": base_model, "num_workers": num_workers,
+                 "deepspeed.zero_stage": zero_stage, "epochs": epochs, "lr": lr, "max_length": max_length,
+                 "run_name": run_name, "limit": limit, "ray_address": ray_address}
+    try:
+        from bpo_ray.train.job import train_from_cli
+
+        summary = train_from_cli(overrides, str(config) if config else None)
+    except BpoRayError as exc:
+        _fail(exc)
+    print_summary("train summary", summary)
+
+
 @app.command("serve-model")
 def serve_model(
     model: str = typer.Option("embedded", help="Local model: HF folder or 'embedded'."),

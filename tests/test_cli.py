@@ -14,7 +14,7 @@ def run(*args):
 def test_help_lists_the_verbs():
     out = run("--help")
     assert out.returncode == 0
-    for verb in ("construct", "serve-model", "demo"):
+    for verb in ("construct", "train", "serve-model", "demo"):
         assert verb in out.stdout
 
 
@@ -39,3 +39,8 @@ def test_missing_key_names_the_variable_not_the_key(tmp_path):
                           "--api-key-env", "BPO_MISSING_KEY"],
                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 2 and "BPO_MISSING_KEY" in out.stderr
+
+
+def test_train_bad_setting_fails_before_any_worker(tmp_path):
+    out = run("train", "--input", "x.json", "--output", str(tmp_path), "--zero-stage", "5")
+    assert out.returncode == 2 and "deepspeed.zero_stage" in out.stderr and "Traceback" not in out.stderr
