@@ -170,14 +170,15 @@ def demo(
     output: str = typer.Option("runs/demo", help="Where the demo writes its outputs."),
     port: int = typer.Option(8011, help="Port of the demo's model server."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N demo rows."),
+    train: bool = typer.Option(True, help="Also fine-tune the embedded model on the pairs (Ray Train + DeepSpeed)."),
 ) -> None:
-    """End to end on the embedded default: serve SmolLM2-135M over the OpenAI-compatible API
-    on a local Ray, then construct optimized prompts from the bundled sample feedback."""
+    """End to end on the embedded default: serve SmolLM2-135M over the OpenAI-compatible API on
+    a local Ray, construct optimized prompts from the bundled sample feedback, fine-tune on them."""
     from bpo_ray.demo import run_demo
 
     _setup_logging(False)
     try:
-        summary = run_demo(output=output, port=port, limit=limit)
+        summary = run_demo(output=output, port=port, limit=limit, train=train)
     except BpoRayError as exc:
         _fail(exc)
     print_summary("construct summary (demo)", summary)

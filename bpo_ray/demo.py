@@ -23,18 +23,23 @@ DEMO_FEEDBACK = files("bpo_ray") / "demo_data" / "feedback.jsonl"
 SERVER_NAME = "bpo-demo-model"
 
 
-def run_demo(*, output: str = "runs/demo", port: int = 8011, limit: int | None = None) -> dict[str, Any]:
+MIN_PAIRS_TO_TRAIN = 3  # one held out for validation, two workers with a row each
+
+
+def run_demo(*, output: str = "runs/demo", port: int = 8011, limit: int | None = None,
+             train: bool = True) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console = Console()
     ensure_ray()
     from bpo_ray.serve.model_server import start_model_server, stop_model_server
 
-    console.print("[bold]1/2[/] serving the embedded model (SmolLM2-135M-Instruct) with Ray Serve …")
+    steps = 3 if train else 2
+    console.print(f"[bold]1/{steps}[/] serving the embedded model (SmolLM2-135M-Instruct) with Ray Serve …")
     url = start_model_server(ModelSpec(provider="local", model=EMBEDDED_MODEL, concurrency=16),
                              port=port, name=SERVER_NAME)
     console.print(f"     OpenAI-compatible API at {url}")
     try:
-        console.print("[bold]2/2[/] constructing optimized prompts from the sample feedback over HTTP …")
+        console.print(f"[bold]2/{steps}[/] constructing optimized prompts from the sample feedback over HTTP …")
         cfg = ConstructConfig(
             input=[str(DEMO_FEEDBACK)],
             output=f"{output.rstrip('/')}/construct",
@@ -48,12 +53,31 @@ def run_demo(*, output: str = "runs/demo", port: int = 8011, limit: int | None =
     finally:
         stop_model_server(SERVER_NAME)
     _show_examples(console, cfg)
+    if train:
+        summary["train"] = _train_optimizer(console, cfg, output, summary["rows_out"] + summary["rows_skipped"])
     console.print(
         "[yellow]Note:[/] a 135M-parameter model is a weak prompt engineer: it rarely follows the full "
         "construction format, so most pairs come from the repair round and some rows are rejected "
         "with their reason (see rejected/). Point --base-url/--model at a strong model for real data."
     )
     return summary
+
+
+def _train_optimizer(console: Console, construct: ConstructConfig, output: str, pairs: int) -> dict[str, Any]:
+    """A few steps of the real training job (Ray Train + DeepSpeed ZeRO-2, 2 CPU workers)
+    on the pairs just built: the whole path, not a useful optimizer at this size."""
+    from bpo_ray.train.config import TrainConfig
+    from bpo_ray.train.job import run_train
+
+    if pairs < MIN_PAIRS_TO_TRAIN:
+        console.print(f"[yellow]3/3 skipped:[/] {pairs} pairs; training needs at least {MIN_PAIRS_TO_TRAIN}")
+        return {"skipped": f"{pairs} pairs < {MIN_PAIRS_TO_TRAIN}"}
+    console.print("[bold]3/3[/] fine-tuning the embedded model on those pairs (Ray Train + DeepSpeed, 2 workers) …")
+    cfg = TrainConfig(input=[construct.output], output=f"{output.rstrip('/')}/optimizer", epochs=1,
+                      max_length=256, val_size=1, logging_steps=1, deepspeed={"micro_batch_per_gpu": 2})
+    result = run_train(cfg)
+    console.print(f"     optimizer written to {cfg.output}")
+    return {k: result.get(k) for k in ("finished", "rows_train", "rows_val", "step", "loss_first", "loss", "val_loss", "wall_s") if k in result}
 
 
 def _show_examples(console: Console, cfg: ConstructConfig, n: int = 3) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 # With --working-dir the package travels as source next to this folder; make it importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bpo_ray.train.job import cli_entry  # noqa: E402
+from bpo_ray.cli import app  # noqa: E402
 
 if __name__ == "__main__":
-    cli_entry(sys.argv[1:])
+    app(["train", *sys.argv[1:]], prog_name="jobs/train.py")

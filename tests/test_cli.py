@@ -44,3 +44,12 @@ def test_missing_key_names_the_variable_not_the_key(tmp_path):
 def test_train_bad_setting_fails_before_any_worker(tmp_path):
     out = run("train", "--input", "x.json", "--output", str(tmp_path), "--zero-stage", "5")
     assert out.returncode == 2 and "deepspeed.zero_stage" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_job_entry_points_share_the_cli(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    for job, flags in (("train", ["--zero-stage", "5"]), ("construct", ["--concurrency", "0"])):
+        out = subprocess.run([sys.executable, str(root / "jobs" / f"{job}.py"), "--input", "x.json",
+                              "--output", str(tmp_path), *flags], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stderr
+        assert ("deepspeed.zero_stage" if job == "train" else "model.concurrency") in out.stderr

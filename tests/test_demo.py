@@ -22,3 +22,11 @@ def test_demo_on_the_embedded_model(tmp_path, ray_local):
         assert row["optimized_prompt"].strip() and row["model"] == "embedded"
     for row in (rejected.to_pylist() if rejected else []):
         assert row["reason"]
+    # Step 3 trains on whatever pairs the weak model produced, or says why it did not.
+    pairs_made = summary["rows_out"]
+    if pairs_made >= 3:
+        assert summary["train"]["finished"] and summary["train"]["rows_train"] + summary["train"]["rows_val"] <= pairs_made
+        assert (tmp_path / "optimizer" / "model.safetensors").exists()
+        assert (tmp_path / "optimizer" / "bpo_template.json").exists()
+    else:
+        assert summary["train"]["skipped"].startswith(f"{pairs_made} pairs")

@@ -8,7 +8,6 @@ train split, and finally the consolidated model from the last checkpoint into DI
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -55,6 +54,8 @@ def _run(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
 
     from bpo_ray.train.tokenize import load_tokenizer, pad_id_of
 
+    on_gpu = _use_gpu(cfg, ray.cluster_resources())
+
     # Data: read, account for every row, tokenize, split. All before a worker starts.
     rows = read_pairs(cfg.input, cfg.fields, limit=cfg.limit).materialize()
     counts, reasons = reason_counts(rows)
@@ -62,20 +63,26 @@ def _run(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
     splits = tokenize_and_split(rows, tokenizer_path=model_path, template=cfg.template,
                                 max_length=cfg.max_length, val_size=cfg.val_size, seed=cfg.seed)
     rejected_path = write_rejected(cfg.output, splits.rejected)
+    if splits.train_rows + splits.val_rows + len(splits.rejected) != splits.rows_in:
+        raise BpoRayError(f"row accounting is off: {splits.rows_in} in, {splits.train_rows} train + "
+                          f"{splits.val_rows} validation + {len(splits.rejected)} rejected")
 
     # Schedule and DeepSpeed config, from the data and the devices the cluster has.
-    on_gpu = cfg.use_gpu if isinstance(cfg.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) >= 1
     ds = cfg.deepspeed_for(on_gpu=on_gpu)
     per_epoch = micro_batches_per_epoch(splits.train_rows, cfg.num_workers, ds.micro_batch_per_gpu)
     if per_epoch == 0:
         raise ConfigError(f"num_workers: {cfg.num_workers} workers need at least {cfg.num_workers} "
                           f"training rows (got {splits.train_rows})")
     total_steps = total_optimizer_steps(per_epoch, cfg.epochs, ds.gradient_accumulation_steps)
+    if total_steps == 0:
+        raise ConfigError(f"deepspeed.gradient_accumulation_steps: {ds.gradient_accumulation_steps} micro-batches "
+                          f"per optimizer step, but the run has only {per_epoch * cfg.epochs}")
     ds_config = build_deepspeed_config(ds, world_size=cfg.num_workers, on_gpu=on_gpu, total_steps=total_steps,
                                        warmup_ratio=cfg.warmup_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loop = LoopConfig(
         model_path=model_path, ds_config=ds_config, pad_id=pad_id_of(load_tokenizer(model_path)),
-        epochs=cfg.epochs, micro_batches_per_epoch=per_epoch, micro_batch=ds.micro_batch_per_gpu,
+        epochs=cfg.epochs, total_steps=total_steps, micro_batches_per_epoch=per_epoch,
+        micro_batch=ds.micro_batch_per_gpu,
         logging_steps=cfg.logging_steps, checkpoint_every_steps=cfg.checkpoint_every_steps,
         stop_after_steps=cfg.stop_after_steps, seed=cfg.seed, on_gpu=on_gpu,
     )
@@ -103,7 +110,8 @@ def _run(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
     if finished:
         with result.checkpoint.as_directory() as folder:
             finish_output(Path(folder) / MODEL_SUBDIR, cfg.output, template=cfg.template,
-                          train_config=cfg.model_dump(mode="json"),
+                          train_config={**cfg.model_dump(mode="json"), "deepspeed": ds.model_dump(mode="json"),
+                                        "use_gpu": on_gpu, "run_name": run_name},
                           metrics={k: metrics[k] for k in FINAL_METRICS if metrics.get(k) is not None})
 
     return {
@@ -129,6 +137,17 @@ def _run(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
         "start_step": metrics.get("start_step", 0),
         **{k: metrics[k] for k in FINAL_METRICS if k in metrics},
     }
+
+
+def _use_gpu(cfg: TrainConfig, resources: dict[str, float]) -> bool:
+    """Whether to train on GPUs; an explicit True on a cluster without any fails here rather
+    than leave the workers waiting for GPUs that never come."""
+    gpus = resources.get("GPU", 0)
+    if cfg.use_gpu is True and gpus < 1:
+        raise ConfigError("use_gpu: true, but the Ray cluster has no GPUs; use 'auto' or false")
+    if cfg.use_gpu == "auto":
+        return gpus >= 1
+    return bool(cfg.use_gpu)
 
 
 def resolve_base_model(name: str) -> str:
@@ -167,24 +186,3 @@ def train_from_cli(overrides: dict[str, Any], config_path: str | None) -> dict[s
     """What `bpo-ray train` calls: YAML config (optional) plus dotted-key overrides (None
     values skipped), validated, then run."""
     return run_train(load_config(TrainConfig, config_path, overrides))
-
-
-def cli_entry(argv: list[str] | None = None) -> dict[str, Any]:
-    """`python jobs/train.py --input PATH --output DIR ...`: the same flags as `bpo-ray train`."""
-    parser = argparse.ArgumentParser(prog="jobs/train.py", description="Fine-tune the BPO prompt optimizer.")
-    parser.add_argument("--input", "-i", action="append", help="Pairs: construct output folder or pair files (repeatable).")
-    parser.add_argument("--output", "-o", help="Folder for the trained model.")
-    parser.add_argument("--base-model", help="HF id, local folder, or 'embedded' (default).")
-    parser.add_argument("--num-workers", type=int, help="Training workers (default 2).")
-    parser.add_argument("--zero-stage", type=int, help="DeepSpeed ZeRO stage 0-3 (default 2).")
-    parser.add_argument("--epochs", type=int, help="Epochs (default 3).")
-    parser.add_argument("--config", "-c", help="YAML config; flags override it.")
-    args = vars(parser.parse_args(argv))
-    config_path = args.pop("config")
-    overrides = {"input": args["input"], "output": args["output"], "base_model": args["base_model"],
-                 "num_workers": args["num_workers"], "deepspeed.zero_stage": args["zero_stage"],
-                 "epochs": args["epochs"]}
-    try:
-        return train_from_cli(overrides, config_path)
-    except BpoRayError as exc:
-        parser.exit(2, f"error: {exc}\n")

@@ -29,6 +29,7 @@ class LoopConfig:
     ds_config: dict[str, Any]
     pad_id: int
     epochs: int
+    total_steps: int
     micro_batches_per_epoch: int
     micro_batch: int
     logging_steps: int
@@ -103,7 +104,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 last_log = meter.flush(engine, epoch, step)
                 ray.train.report({**report_base, **last_log})
             end_of_epoch = done_in_epoch == cfg.micro_batches_per_epoch
-            stopped = cfg.stop_after_steps is not None and step - start_step >= cfg.stop_after_steps
+            stopped = (cfg.stop_after_steps is not None and step - start_step >= cfg.stop_after_steps
+                       and step < cfg.total_steps)  # the run's last step is no stop: it finishes
             if (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or (stopped and not end_of_epoch):
                 checkpoint_now({"step": step, "epoch": epoch}, (epoch, done_in_epoch))
             if stopped:
@@ -195,4 +197,6 @@ def micro_batches_per_epoch(train_rows: int, world: int, micro_batch: int) -> in
 
 
 def total_optimizer_steps(micro_batches: int, epochs: int, accumulation: int) -> int:
-    return math.ceil(micro_batches * epochs / accumulation)
+    """Optimizer steps the run takes: DeepSpeed steps only when an accumulation closes, so a
+    trailing partial accumulation adds none."""
+    return micro_batches * epochs // accumulation

@@ -24,6 +24,14 @@ PAIRS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def fast_train_polling(monkeypatch):
+    """Ray Train's controller drains each worker's one-slot report queue every 2 s, so a
+    report blocks until then: fine between real training steps, dominant in a tiny run.
+    The driver passes this variable on to the controller it starts."""
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -78,6 +86,21 @@ def test_stage_0_drops_the_default_offload_and_cpu_takes_torch_adam(tmp_path):
     assert TrainConfig(input=["x"], output=str(tmp_path)).deepspeed_for(on_gpu=True).offload_optimizer
 
 
+def test_schedule_counts_what_every_rank_runs():
+    from bpo_ray.train.loop import micro_batches_per_epoch, total_optimizer_steps
+
+    assert micro_batches_per_epoch(22, 2, 4) == 3  # 11 rows per rank after the equal split
+    assert micro_batches_per_epoch(1, 2, 4) == 0
+    assert total_optimizer_steps(3, 3, 2) == 4  # 9 micro-batches: the 9th closes no step
+
+
+def test_accumulation_longer_than_the_run_fails(tmp_path, tiny_model_dir, ray_local):
+    cfg = TrainConfig(**base_config(tmp_path, tiny_model_dir, epochs=1,
+                                    deepspeed={"gradient_accumulation_steps": 64}))
+    with pytest.raises(ConfigError, match="deepspeed.gradient_accumulation_steps"):
+        run_train(cfg)
+
+
 def test_run_name_follows_the_output(tmp_path):
     a = TrainConfig(input=["x"], output=str(tmp_path / "a")).resolved_run_name()
     assert a == TrainConfig(input=["x"], output=str(tmp_path / "a")).resolved_run_name()
@@ -96,6 +119,11 @@ def test_empty_dataset_fails(tmp_path, tiny_model_dir, ray_local):
     data.write_text("")
     with pytest.raises(ConfigError, match="input: no rows"):
         run_train(TrainConfig(**base_config(tmp_path, tiny_model_dir, input=[str(data)])))
+
+
+def test_gpu_demanded_on_a_cpu_cluster_fails(tmp_path, tiny_model_dir, ray_local):
+    with pytest.raises(ConfigError, match="use_gpu"):
+        run_train(TrainConfig(**base_config(tmp_path, tiny_model_dir, use_gpu=True)))
 
 
 def test_missing_input_fails(tmp_path, tiny_model_dir, ray_local):
@@ -155,4 +183,101 @@ def test_resubmitting_the_run_resumes_from_its_checkpoint(tmp_path, tiny_model_d
     assert not (Path(cfg["output"]) / "model.safetensors").exists()
     second = run_train(TrainConfig(**cfg))
     assert second["finished"] and second["start_step"] == 3
-    assert second["step"] == second["total_steps"] == 12
+    assert second["step"] == second["total_steps"] > first["step"]
+
+
+# --- fast: every input shape reads into the same rows; the split is deterministic ---
+
+
+def test_reads_feedback_bpo_pairs_and_construct_output(tmp_path, bpo_data, tiny_model_dir, ray_local):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bpo_ray.train.config import PairFields
+    from bpo_ray.train.data import read_pairs, reason_counts, tokenize_and_split
+
+    construct = tmp_path / "constructed"
+    (construct / "pairs").mkdir(parents=True)
+    (construct / "rejected").mkdir()
+    pq.write_table(pa.Table.from_pylist([
+        {"id": "a", "key": "k1", "prompt": "p1", "context": "c1", "optimized_prompt": "o1", "model": "m"},
+        {"id": "b", "key": "k2", "prompt": "p2", "context": "", "optimized_prompt": "o2", "model": "m"},
+    ]), construct / "pairs" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist([{"id": "x", "reason": "r"}]), construct / "rejected" / "part-0.parquet")
+    rows = read_pairs([str(bpo_data / "feedback_val_300.json"), str(bpo_data / "bpo_test.json"), str(construct)],
+                      PairFields()).materialize()
+    by_id = {r["id"]: r for r in rows.take_all()}
+    assert len(by_id) == 300 + 200 + 2
+    assert by_id["a"] == {"id": "a", "prompt": "p1", "context": "c1", "optimized_prompt": "o1",
+                          "source": "part-0.parquet:0", "reason": ""}
+    with_context = [r for r in by_id.values() if r["source"].startswith("feedback") and r["context"]]
+    assert with_context and all(r["optimized_prompt"] for r in with_context)
+    counts, _ = reason_counts(rows)
+    assert counts["ok"] + counts["rejected"] == 502
+
+    def split():
+        s = tokenize_and_split(rows, tokenizer_path=str(tiny_model_dir), template=OptimizerTemplate(),
+                               max_length=1024, val_size=0.1, seed=3)
+        assert s.train_rows + s.val_rows + len(s.rejected) == s.rows_in == 502
+        return s
+
+    first, second = split(), split()
+    assert first.val_rows >= 50  # 10%, plus any duplicates of a held-out pair
+    assert sorted(map(str, first.val.take_all())) == sorted(map(str, second.val.take_all()))
+
+
+def test_unusable_rows_are_set_aside_with_a_reason(tmp_path, tiny_model_dir, ray_local):
+    data = write_jsonl(tmp_path / "mixed.jsonl", [
+        *[{**p, "id": str(i)} for i, p in enumerate(PAIRS)],
+        {"id": "no-target", "prompt": "x"},
+        {"id": "blank", "prompt": "   ", "optimized_prompt": "y"},
+        {"id": "number", "prompt": 3, "optimized_prompt": "y"},
+    ])
+    cfg = TrainConfig(**base_config(tmp_path, tiny_model_dir, input=[str(data)], val_size=1))
+    from bpo_ray.train.data import read_pairs, tokenize_and_split
+
+    splits = tokenize_and_split(read_pairs(cfg.input, cfg.fields), tokenizer_path=str(tiny_model_dir),
+                                template=cfg.template, max_length=cfg.max_length, val_size=1, seed=0)
+    reasons = {r["id"]: r["reason"] for r in splits.rejected}
+    assert set(reasons) == {"no-target", "blank", "number"}
+    assert "missing field optimized_prompt" in reasons["no-target"]
+    assert reasons["blank"] == "empty prompt" and "int" in reasons["number"]
+    assert (splits.train_rows, splits.val_rows) == (3, 1)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_the_latest_checkpoint(tmp_path, tiny_model_dir, ray_local):
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    cfg = TrainConfig(**base_config(tmp_path, tiny_model_dir, epochs=20, logging_steps=1,
+                                    checkpoint_every_steps=3, max_failures=1, run_name="kill-me"))
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(run_train(cfg)), daemon=True)
+    runner.start()
+    run_dir = Path(cfg.storage_path) / "kill-me"
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+
+    def registered() -> bool:
+        # A checkpoint folder can exist before the controller has taken the report that
+        # registers it; only the controller's snapshot says a restart will find it.
+        try:
+            return "checkpoint_" in snapshot.read_text()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 120
+    while not registered() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Only this session's Ray (started by this process) is searched: never another's workers.
+    workers = [p for p in psutil.Process(os.getpid()).children(recursive=True)
+               if "RayTrainWorker" in " ".join(p.cmdline())]
+    assert len(workers) == 1, workers
+    os.kill(workers[0].pid, signal.SIGKILL)
+    runner.join(timeout=240)
+    assert outcome.get("finished"), outcome
+    assert outcome["start_step"] > 0 and outcome["step"] == outcome["total_steps"]
