@@ -133,7 +133,7 @@ def job(tmp: str, name: str, *, rows: int, workers: int, cpus: float, zero: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=9, help="input rows for (a); 1 goes to validation")
+    parser.add_argument("--rows", type=int, default=17, help="input rows for (a); 1 goes to validation")
     parser.add_argument("--mem-rows", type=int, default=5, help="input rows for each (b) run (2 workers)")
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=256)

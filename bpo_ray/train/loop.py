@@ -94,6 +94,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             done_in_epoch = index + 1
             if index < skip:
                 continue  # resumed mid-epoch: these micro-batches were trained before the checkpoint
+            meter.start()
             tensors = collate(batch, cfg.pad_id)
             loss = engine.loss(tensors)
             meter.add(float(loss.detach()), int(tensors["attention_mask"].sum()))
@@ -157,7 +158,13 @@ class _Meter:
         self._reset()
 
     def _reset(self) -> None:
-        self.loss_sum, self.count, self.tokens, self.started = 0.0, 0, 0, time.perf_counter()
+        # The clock starts at the window's first micro-batch, not at construction: the data
+        # pipeline's start-up (and any checkpoint or validation between windows) is not training.
+        self.loss_sum, self.count, self.tokens, self.started = 0.0, 0, 0, None
+
+    def start(self) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
 
     def add(self, loss: float, tokens: int) -> None:
         self.loss_sum, self.count, self.tokens = self.loss_sum + loss, self.count + 1, self.tokens + tokens
@@ -170,7 +177,7 @@ class _Meter:
             totals = totals.to(engine.device)  # NCCL reduces only device tensors; gloo takes CPU ones
             dist.all_reduce(totals)
         loss_sum, count, tokens = totals.tolist()
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        elapsed = max(time.perf_counter() - (self.started or time.perf_counter()), 1e-9)
         loss = loss_sum / max(count, 1)
         self.first_loss = loss if self.first_loss is None else self.first_loss
         metrics = {
