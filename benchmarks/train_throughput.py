@@ -1,6 +1,6 @@
 """Train throughput and memory: a plain PyTorch loop vs the Ray Train + DeepSpeed job.
 
-    .venv/bin/python benchmarks/train_throughput.py [--rows 9] [--mem-rows 5] [--micro-batch 2] [--max-length 256]
+    .venv/bin/python benchmarks/train_throughput.py [--rows 17] [--mem-rows 5] [--micro-batch 2] [--max-length 256]
 
 Same model (the embedded SmolLM2-135M, fp32, CPU), same data (the first --rows pairs of
 ../shared/data/bpo/feedback_val_300.json: instruction + context -> optimized_prompt), same
