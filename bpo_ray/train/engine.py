@@ -19,6 +19,35 @@ CLIENT_STATE = "train_state.json"
 
 
 class TrainEngine:
+    @classmethod
+    def from_pretrained(cls, model_path: str, ds_config: dict[str, Any]) -> "TrainEngine":
+        """Load the base model in the run's precision and wrap it.
+
+        Under ZeRO-3 the model is built inside `deepspeed.zero.Init` (transformers does so
+        while an `HfDeepSpeedConfig` is alive): each rank allocates only its partition of each
+        parameter and no rank ever holds the whole model, which is what lets ZeRO-3 train a
+        model larger than one device.
+        """
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        dtype = (torch.bfloat16 if ds_config["bf16"]["enabled"]
+                 else torch.float16 if ds_config["fp16"]["enabled"] else torch.float32)
+        if ds_config["zero_optimization"]["stage"] != 3:
+            return cls(AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype), ds_config)
+        from transformers.integrations import HfDeepSpeedConfig
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        deepspeed.init_distributed()  # zero.Init takes the world size from DeepSpeed's comm
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 (transformers keeps a weak reference)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        finally:
+            # Only this load is partitioned: left set, every later model construction in the
+            # process (the export's, on rank 0 alone) would enter zero.Init's collectives and hang.
+            unset_hf_deepspeed_config()
+        return cls(model, ds_config)
+
     def __init__(self, model: torch.nn.Module, ds_config: dict[str, Any]) -> None:
         import deepspeed
 
@@ -27,6 +56,11 @@ class TrainEngine:
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,
         )
         self.device = self.engine.device
+        if self.zero_stage == 0 and self.engine.world_size == 1:
+            # One rank has nobody to average with, yet DeepSpeed would still flatten every
+            # gradient, all-reduce it over the process group and copy it back each step
+            # (a fifth of a step on the embedded model on CPU). ZeRO 1-3 own their reduction.
+            self.engine.enable_backward_allreduce = False
 
     @property
     def global_step(self) -> int:

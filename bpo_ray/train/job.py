@@ -85,6 +85,7 @@ def _run(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
         micro_batch=ds.micro_batch_per_gpu,
         logging_steps=cfg.logging_steps, checkpoint_every_steps=cfg.checkpoint_every_steps,
         stop_after_steps=cfg.stop_after_steps, seed=cfg.seed, on_gpu=on_gpu,
+        release_freed_memory=cfg.releases_freed_memory(on_gpu=on_gpu),
     )
 
     # The deployment: num_workers DeepSpeed ranks, each with its train shard and the whole

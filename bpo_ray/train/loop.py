@@ -9,7 +9,6 @@ number of micro-batches per epoch is fixed by the driver, so all ranks step toge
 from __future__ import annotations
 
 import math
-import resource
 import shutil
 import tempfile
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from bpo_ray.train.memory import peak_memory_mb, release_freed_memory
 from bpo_ray.train.tokenize import collate
 
 @dataclass
@@ -37,6 +37,7 @@ class LoopConfig:
     stop_after_steps: int | None
     seed: int
     on_gpu: bool
+    release_freed_memory: bool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,7 +45,6 @@ class LoopConfig:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
-    from transformers import AutoModelForCausalLM
 
     from bpo_ray.train.engine import TrainEngine
     from bpo_ray.train.export import MODEL_SUBDIR, save_hf_model
@@ -52,11 +52,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = LoopConfig(**config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.release_freed_memory:
+        release_freed_memory()  # before the model loads, so its buffers are mmapped too
     torch.manual_seed(cfg.seed)
-    dtype = torch.bfloat16 if cfg.ds_config["bf16"]["enabled"] else (
-        torch.float16 if cfg.ds_config["fp16"]["enabled"] else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=dtype)
-    engine = TrainEngine(model, cfg.ds_config)
+    engine = TrainEngine.from_pretrained(cfg.model_path, cfg.ds_config)
 
     epoch, skip = 0, 0
     start_step = 0
@@ -150,7 +149,8 @@ def validation_loss(engine: Any, val_data: Any, cfg: LoopConfig) -> float | None
 
 
 class _Meter:
-    """Loss, throughput and memory since the last report, summed over all ranks."""
+    """Loss and throughput since the last report, summed over all ranks; peak memory, the
+    highest rank's."""
 
     def __init__(self, world: int) -> None:
         self.world = world
@@ -173,25 +173,21 @@ class _Meter:
         import torch.distributed as dist
 
         totals = torch.tensor([self.loss_sum, self.count, self.tokens], dtype=torch.float64)
+        peak = torch.tensor([peak_memory_mb()], dtype=torch.float64)
         if dist.is_initialized() and self.world > 1:
-            totals = totals.to(engine.device)  # NCCL reduces only device tensors; gloo takes CPU ones
+            totals, peak = totals.to(engine.device), peak.to(engine.device)  # NCCL reduces device tensors only
             dist.all_reduce(totals)
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         loss_sum, count, tokens = totals.tolist()
         elapsed = max(time.perf_counter() - (self.started or time.perf_counter()), 1e-9)
         loss = loss_sum / max(count, 1)
         self.first_loss = loss if self.first_loss is None else self.first_loss
         metrics = {
             "epoch": epoch, "step": step, "loss": loss, "loss_first": self.first_loss, "lr": engine.current_lr(),
-            "tokens_per_s": tokens / elapsed, "peak_memory_mb": _peak_memory_mb(),
+            "tokens_per_s": tokens / elapsed, "peak_memory_mb": float(peak.item()),
         }
         self._reset()
         return metrics
-
-
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
 def micro_batches_per_epoch(train_rows: int, world: int, micro_batch: int) -> int:

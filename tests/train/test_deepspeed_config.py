@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from bpo_ray.config import load_config
 from bpo_ray.errors import ConfigError
 from bpo_ray.train.deepspeed_config import (
-    DeepSpeedConfigError, DeepSpeedSettings, build_deepspeed_config, warmup_steps,
+    CPU_BUCKET_ELEMENTS, DeepSpeedConfigError, DeepSpeedSettings, build_deepspeed_config, warmup_steps,
 )
 
 PAPER = dict(total_steps=1000, warmup_ratio=0.1, lr=2e-5, weight_decay=0.01)
@@ -125,8 +125,10 @@ def test_warmup_is_ten_percent_rounded_up(total, ratio, expected):
 
 
 def test_torch_adam_is_passed_to_deepspeed():
-    assert build(torch_adam=True)["optimizer"]["params"]["torch_adam"] is True
+    params = build(torch_adam=True)["optimizer"]["params"]
+    assert params["torch_adam"] is True and params["fused"] is True
     assert "torch_adam" not in build()["optimizer"]["params"]
+    assert "fused" not in build()["optimizer"]["params"]  # DeepSpeed's own Adams take no such key
 
 
 def test_deepspeed_accepts_every_config():
@@ -152,6 +154,14 @@ def test_deepspeed_accepts_every_config():
             assert (zero.offload_param is not None) == variant.get("offload_params", False)
             if variant["zero_stage"] == 3:
                 assert zero.gather_16bit_weights_on_model_save
+            if variant["zero_stage"] > 0:
+                # The CPU buckets reach DeepSpeed under the names it reads; GPUs keep its defaults.
+                assert (zero.reduce_bucket_size == CPU_BUCKET_ELEMENTS) is not on_gpu
+                if variant["zero_stage"] == 3:
+                    assert (zero.prefetch_bucket_size == CPU_BUCKET_ELEMENTS) is not on_gpu
+                    assert (zero.max_reuse_distance == 0) is not on_gpu
+                else:
+                    assert (zero.allgather_bucket_size == CPU_BUCKET_ELEMENTS) is not on_gpu
 
 
 def test_the_schedule_warms_up_linearly_then_decays_to_zero():
