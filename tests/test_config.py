@@ -8,13 +8,27 @@ from bpo_ray.config import load_config
 from bpo_ray.construct.config import ConstructConfig
 from bpo_ray.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("construct-*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("construct-*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_repo_configs_validate(path):
     cfg = load_config(ConstructConfig, path, {"input": ["x.jsonl"], "output": "out"})
     assert cfg.model.provider in {"openai", "local"}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("train-*.yaml")), ids=lambda p: p.name)
+def test_repo_train_configs_validate(path):
+    from bpo_ray.train.config import TrainConfig
+    from bpo_ray.train.deepspeed_config import build_deepspeed_config
+
+    cfg = load_config(TrainConfig, path, {"input": ["x.jsonl"], "output": "out"})
+    on_gpu = cfg.use_gpu is not False
+    ds = build_deepspeed_config(cfg.deepspeed_for(on_gpu=on_gpu), world_size=cfg.num_workers, on_gpu=on_gpu,
+                                total_steps=100, warmup_ratio=cfg.warmup_ratio, lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+    assert ds["train_batch_size"] == cfg.deepspeed.micro_batch_per_gpu * cfg.num_workers
 
 
 def test_flags_override_the_file(tmp_path):
