@@ -40,24 +40,6 @@ class Example(TypedDict):
     target_truncated: bool
 
 
-def tokenize_pair(
-    tokenizer: Any,
-    template: OptimizerTemplate,
-    prompt: str,
-    context: str | None,
-    target: str,
-    *,
-    max_length: int,
-    min_prompt_tokens: int = MIN_PROMPT_TOKENS,
-    min_target_tokens: int = MIN_TARGET_TOKENS,
-) -> Example | None:
-    """One training example no longer than max_length, or None when the pair cannot fit
-    meaningfully (`fit_pair` says why)."""
-    result = fit_pair(tokenizer, template, prompt, context, target, max_length=max_length,
-                      min_prompt_tokens=min_prompt_tokens, min_target_tokens=min_target_tokens)
-    return None if isinstance(result, str) else result
-
-
 def fit_pair(
     tokenizer: Any,
     template: OptimizerTemplate,
@@ -69,7 +51,8 @@ def fit_pair(
     min_prompt_tokens: int = MIN_PROMPT_TOKENS,
     min_target_tokens: int = MIN_TARGET_TOKENS,
 ) -> Example | str:
-    """`tokenize_pair`, with the reason for a rejection in place of None."""
+    """One training example no longer than max_length, or the reason the pair cannot fit
+    meaningfully (a string)."""
     if not target or not target.strip():
         return "empty target (optimized prompt)"
     if not prompt or not prompt.strip():

@@ -13,7 +13,6 @@ from transformers import AutoTokenizer
 from bpo_ray.optimizer_template import OUTPUT_MARKER, OptimizerTemplate
 from bpo_ray.train.tokenize import (
     IGNORE_INDEX, MIN_PROMPT_TOKENS, collate, fit_pair, load_tokenizer, pad_id_of, tokenize_batch,
-    tokenize_pair,
 )
 
 TARGET = "Explain, step by step and with one worked example, how owls hunt at night."
@@ -23,6 +22,12 @@ STYLES = [OptimizerTemplate(), OptimizerTemplate(style="chat")]
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir: Path):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def tokenize_pair(*args, **kwargs):
+    """`fit_pair`, with None in place of a rejection's reason."""
+    result = fit_pair(*args, **kwargs)
+    return None if isinstance(result, str) else result
 
 
 def prompt_len(example) -> int:
