@@ -30,11 +30,13 @@ console = Console(stderr=True)
 
 
 def _model_overrides(prefix: str, *, model: str | None, base_url: str | None, api_key_env: str | None,
-                     concurrency: int | None, rate_limit: float | None, tokens_per_min: float | None,
-                     temperature: float | None, max_tokens: int | None) -> dict[str, Any]:
+                     concurrency: int | None, batch_size: int | None, rate_limit: float | None,
+                     tokens_per_min: float | None, temperature: float | None,
+                     max_tokens: int | None) -> dict[str, Any]:
     overrides = {
         f"{prefix}.model": model, f"{prefix}.base_url": base_url, f"{prefix}.api_key_env": api_key_env,
-        f"{prefix}.concurrency": concurrency, f"{prefix}.rate_limit.requests_per_s": rate_limit,
+        f"{prefix}.concurrency": concurrency, f"{prefix}.batch_size": batch_size,
+        f"{prefix}.rate_limit.requests_per_s": rate_limit,
         f"{prefix}.rate_limit.tokens_per_min": tokens_per_min, f"{prefix}.sampling.temperature": temperature,
         f"{prefix}.sampling.max_tokens": max_tokens,
     }
@@ -73,7 +75,8 @@ def construct(
     model: Optional[str] = typer.Option(None, help="Model name, HF folder, or 'embedded' (default)."),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL (…/v1); selects the HTTP backend."),
     api_key_env: Optional[str] = typer.Option(None, help="Env var holding the API key (default: OPENAI_API_KEY)."),
-    concurrency: Optional[int] = typer.Option(None, help="Requests in flight per actor (HTTP) or batch size (local) (default: 16)."),
+    concurrency: Optional[int] = typer.Option(None, help="HTTP requests in flight per actor (default: 64, 2 actors)."),
+    batch_size: Optional[int] = typer.Option(None, help="Prompts per generate call of a local model (default: 16)."),
     rate_limit: Optional[float] = typer.Option(None, help="Requests per second over the whole job."),
     tokens_per_min: Optional[float] = typer.Option(None, help="Tokens per minute over the whole job."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default: 0, greedy)."),
@@ -92,7 +95,8 @@ def construct(
     overrides = {"input": input or None, "output": output, "limit": limit, "num_actors": num_actors,
                  "output_format": output_format, "ray_address": ray_address,
                  **_model_overrides("model", model=model, base_url=base_url, api_key_env=api_key_env,
-                                    concurrency=concurrency, rate_limit=rate_limit, tokens_per_min=tokens_per_min,
+                                    concurrency=concurrency, batch_size=batch_size, rate_limit=rate_limit,
+                                    tokens_per_min=tokens_per_min,
                                     temperature=temperature, max_tokens=max_tokens)}
     try:
         cfg = load_config(ConstructConfig, config, overrides)
@@ -139,9 +143,10 @@ def serve_model(
     model: str = typer.Option("embedded", help="Local model: HF folder or 'embedded'."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="HTTP port."),
-    concurrency: int = typer.Option(16, help="Requests batched into one generate call per replica."),
+    batch_size: int = typer.Option(16, help="Requests batched into one generate call per replica."),
     replicas: int = typer.Option(1, help="Model replicas (one model per replica)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    gpus: Optional[float] = typer.Option(None, help="GPUs per replica (default: 1 when the cluster has GPUs and --device is auto or cuda)."),
 ) -> None:
     """Serve a local model behind an OpenAI-compatible API (Ray Serve) until Ctrl-C."""
     import time
@@ -152,9 +157,9 @@ def serve_model(
 
     _setup_logging(False)
     try:
-        spec = ModelSpec(provider="local", model=model, concurrency=concurrency, device=device)
+        spec = ModelSpec(provider="local", model=model, batch_size=batch_size, device=device)
         ensure_ray()
-        url = start_model_server(spec, host=host, port=port, num_replicas=replicas)
+        url = start_model_server(spec, host=host, port=port, num_replicas=replicas, num_gpus=gpus)
     except BpoRayError as exc:
         _fail(exc)
     console.print(f"[green]serving[/] {model} at {url}  (GET {url}/models, POST {url}/chat/completions)")
@@ -182,6 +187,24 @@ def demo(
     except BpoRayError as exc:
         _fail(exc)
     print_summary("construct summary (demo)", summary)
+
+
+@app.command("fetch-data")
+def fetch_data(
+    names: Optional[list[str]] = typer.Argument(None, help="Public BPO files (default: all), e.g. vicuna_eval or bpo:dolly_eval."),
+) -> None:
+    """Download and verify the public BPO data files (thu-coai/BPO, Apache-2.0) once, and print
+    where they are; any `--input bpo:NAME` then reads them (BPO_RAY_DATA_DIR overrides)."""
+    from bpo_ray.data.public import FILES, PREFIX, is_pinned, public_file
+
+    _setup_logging(False)
+    try:
+        for name in [n.removeprefix(PREFIX) for n in names or FILES]:
+            path = public_file(name)
+            note = "" if is_pinned(name, path) else "\t(differs from the pinned thu-coai/BPO file)"
+            print(f"{PREFIX}{name}\t{path}{note}")
+    except BpoRayError as exc:
+        _fail(exc)
 
 
 def main() -> None:

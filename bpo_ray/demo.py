@@ -35,7 +35,7 @@ def run_demo(*, output: str = "runs/demo", port: int = 8011, limit: int | None =
 
     steps = 3 if train else 2
     console.print(f"[bold]1/{steps}[/] serving the embedded model (SmolLM2-135M-Instruct) with Ray Serve …")
-    url = start_model_server(ModelSpec(provider="local", model=EMBEDDED_MODEL, concurrency=16),
+    url = start_model_server(ModelSpec(provider="local", model=EMBEDDED_MODEL, batch_size=16),
                              port=port, name=SERVER_NAME)
     console.print(f"     OpenAI-compatible API at {url}")
     try:

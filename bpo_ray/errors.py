@@ -11,3 +11,12 @@ class ConfigError(BpoRayError):
 
 class InputError(BpoRayError):
     """An input file cannot be read; the message names the file (and row/field when known)."""
+
+
+class ModelUnavailableError(ConfigError):
+    """The model cannot serve this job at all: missing or unloadable weights, an unknown
+    provider, a rejected key (401/403), an unknown model (404), an API that never answers.
+
+    Raised from inside stage actors too: it stops the job instead of turning every row into a
+    rejected one, so no row is marked as failed for good because of a setting.
+    """

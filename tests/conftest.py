@@ -57,12 +57,35 @@ def ray_local() -> Iterator[None]:
         ray.shutdown()
 
 
-BPO_DATA = TESTS_DIR.parent.parent / "shared" / "data" / "bpo"
+FIXTURES = TESTS_DIR / "fixtures"
+# The public BPO data (thu-coai/BPO, Apache-2.0) is not part of the project: CI puts a copy
+# beside the clone; elsewhere BPO_RAY_DATA_DIR names one.
+DEFAULT_BPO_DATA = TESTS_DIR.parent.parent / "shared" / "data" / "bpo"
+
+
+@pytest.fixture(scope="session")
+def fixture_data() -> Path:
+    """The project's own small data files (tests/fixtures), in the public BPO shapes."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")
 def bpo_data() -> Path:
-    """The public BPO data that sits beside the project (../shared/data/bpo)."""
-    if not BPO_DATA.is_dir():
-        raise RuntimeError(f"{BPO_DATA} is missing: the tests read the public BPO data from there")
-    return BPO_DATA
+    """The public BPO data: $BPO_RAY_DATA_DIR, else ../shared/data/bpo, else what `bpo-ray
+    fetch-data` cached. Missing data skips the tests that read it, or fails them where
+    BPO_RAY_REQUIRE_PUBLIC_DATA=1 (CI)."""
+    from bpo_ray.data.public import DATA_DIR_ENV, FILES, cache_dir
+
+    if os.environ.get(DATA_DIR_ENV):
+        folder = Path(os.environ[DATA_DIR_ENV]).expanduser()
+    elif DEFAULT_BPO_DATA.is_dir() or not all((cache_dir() / f.filename).is_file() for f in FILES.values()):
+        folder = DEFAULT_BPO_DATA
+    else:
+        folder = cache_dir()
+    if not folder.is_dir():
+        reason = (f"public BPO data not found at {folder}: set {DATA_DIR_ENV} to a copy of thu-coai/BPO's "
+                  "data files, or run `bpo-ray fetch-data`")
+        if os.environ.get("BPO_RAY_REQUIRE_PUBLIC_DATA") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return folder

@@ -21,7 +21,7 @@ def test_help_lists_the_verbs():
 def test_construct_help_shows_flags_and_defaults():
     out = run("construct", "--help")
     assert out.returncode == 0
-    for flag in ("--input", "--output", "--model", "--base-url", "--api-key-env", "--concurrency",
+    for flag in ("--input", "--output", "--model", "--base-url", "--api-key-env", "--concurrency", "--batch-size",
                  "--rate-limit", "--limit", "--config", "default: 16"):
         assert flag in out.stdout
 
@@ -33,12 +33,21 @@ def test_bad_setting_is_one_clear_line(tmp_path):
 
 
 def test_missing_key_names_the_variable_not_the_key(tmp_path):
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "bpo" / "examples_no_ctx.json"
+    data = Path(__file__).resolve().parent / "fixtures" / "feedback_no_ctx.json"
     out = subprocess.run([BPO_RAY, "construct", "--input", str(data), "--output", str(tmp_path),
                           "--base-url", "https://api.example.invalid/v1", "--model", "m",
                           "--api-key-env", "BPO_MISSING_KEY"],
                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 2 and "BPO_MISSING_KEY" in out.stderr
+
+
+def test_missing_model_folder_exits_2_with_one_line_and_no_rejected_rows(tmp_path):
+    data = Path(__file__).resolve().parent / "fixtures" / "feedback_24.json"
+    out = run("construct", "--input", str(data), "--output", str(tmp_path / "out"),
+              "--model", str(tmp_path / "no-such-model"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "model.model: model folder not found" in out.stderr
+    assert not (tmp_path / "out" / "rejected").exists()
 
 
 def test_train_bad_setting_fails_before_any_worker(tmp_path):

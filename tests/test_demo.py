@@ -19,7 +19,7 @@ def test_demo_on_the_embedded_model(tmp_path, ray_local):
     ids = (pairs.column("id").to_pylist() if pairs else []) + (rejected.column("id").to_pylist() if rejected else [])
     assert sorted(ids) == ["demo-01", "demo-02", "demo-03"]
     for row in (pairs.to_pylist() if pairs else []):
-        assert row["optimized_prompt"].strip() and row["model"] == "embedded"
+        assert row["optimized_prompt"].strip() and row["construct_model"] == "embedded"
     for row in (rejected.to_pylist() if rejected else []):
         assert row["reason"]
     # Step 3 trains on whatever pairs the weak model produced, or says why it did not.

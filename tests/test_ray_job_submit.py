@@ -59,14 +59,14 @@ def ray_head():
 
 
 @pytest.mark.slow
-def test_construct_job_via_ray_job_submit(ray_head, tmp_path, bpo_data):
+def test_construct_job_via_ray_job_submit(ray_head, tmp_path, fixture_data):
     address, env = ray_head
     out = tmp_path / "out"
     with ScriptedOpenAIServer(reply_fn=reply) as srv:
         command = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
                    "--runtime-env-json", json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1"}}),
                    "--", sys.executable, "jobs/construct.py",
-                   "--input", str(bpo_data / "examples_ctx.json"), "--input", str(bpo_data / "examples_no_ctx.json"),
+                   "--input", str(fixture_data / "feedback_ctx.json"), "--input", str(fixture_data / "feedback_no_ctx.json"),
                    "--output", str(out), "--base-url", srv.base_url, "--model", "scripted", "--rate-limit", "10"]
         deadline = time.monotonic() + 120
         while True:

@@ -2,15 +2,15 @@
 
 Content follows the BPO paper (compare on correctness first, then helpfulness and
 harmlessness; rewrite as a prompt engineer without leaking the good answer), worded for this
-project. Bump PROMPT_VERSION whenever the text changes: it is part of the resume key, so rows
-built with an older prompt are rebuilt instead of reused.
+project. `prompt_settings()` (every text and sampling override below) is hashed into each
+row's resume key: edit a prompt and the rows built with the old one are rebuilt, no version
+number to bump by hand.
 """
 
 from __future__ import annotations
 
 from bpo_ray.models.base import ChatRequest
 
-PROMPT_VERSION = "construct-v2"
 TAG = "Optimized Instruction:"
 
 _INTRO = (
@@ -78,3 +78,9 @@ def repair_request(row: dict, *, prefill: bool) -> ChatRequest:
     content = REPAIR.format(tag=TAG, context_note=note, instruction=row["instruction"])
     return ChatRequest([{"role": "user", "content": content}], prefill=TAG if prefill else None,
                        sampling=dict(REPAIR_SAMPLING))
+
+
+def prompt_settings() -> dict:
+    """Everything in this module that shapes a reply, for the resume key."""
+    return {"intro": _INTRO, "task": _TASK, "context_rule": _CONTEXT_RULE, "repair": REPAIR,
+            "repair_context_note": _REPAIR_CONTEXT_NOTE, "repair_sampling": REPAIR_SAMPLING, "tag": TAG}

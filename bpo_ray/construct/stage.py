@@ -9,12 +9,13 @@ from typing import Any
 from bpo_ray.construct.parse import LengthFilter, Parsed, parse_continuation, parse_reply
 from bpo_ray.construct.prompts import construction_request, repair_request
 from bpo_ray.models.base import ChatRequest, ChatResult
-from bpo_ray.models.stage import ModelStage, Row, usage_columns
+from bpo_ray.models.stage import ModelStage, Row
 
 RAW_REPLY_CHARS = 4000  # enough to debug a bad reply, small enough for a Parquet cell
 
 
 class ConstructStage(ModelStage):
+    stage_name = "construct"
     required_columns = ("id", "key", "instruction", "context", "has_context", "good_res", "bad_res")
     output_columns = {"optimized_prompt": "", "comparison": "", "repaired": False, "raw_reply": ""}
 
@@ -41,7 +42,7 @@ class ConstructStage(ModelStage):
     def _finish(self, row: Row, reply: ChatResult, parsed: Parsed | None,
                 repair: tuple[ChatRequest, ChatResult] | None) -> Row:
         calls = [reply] + ([repair[1]] if repair else [])
-        out = {**row, **usage_columns(*calls), "model": self.backend.model_name}
+        out = {**row, **self.usage(*calls)}
         if not reply.ok:
             return self.reject(out, f"model call failed: {reply.error}", retryable=reply.retryable)
         if parsed is None and repair is not None:

@@ -8,18 +8,14 @@ A row that cannot be used becomes a rejected row with its reason; it is never dr
 
 from __future__ import annotations
 
-import io
-import json
-import os
 from pathlib import PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bpo_ray.data.files import FILE_EXTENSIONS, parse_records, read_rows  # noqa: F401 (re-exported)
 from bpo_ray.data.ledger import row_key
-from bpo_ray.errors import InputError
-
-FILE_EXTENSIONS = ["json", "jsonl", "ndjson", "parquet"]
+from bpo_ray.data.rows import STATUS_OK, STATUS_REJECTED
 
 
 class FeedbackFields(BaseModel):
@@ -37,78 +33,19 @@ class FeedbackFields(BaseModel):
 def read_feedback(paths: str | list[str], fields: FeedbackFields, *, max_input_chars: int, key_salt: str):
     """A Ray Dataset of normalized feedback rows (see `normalize_feedback`), each with a
     resume `key` that covers its content and `key_salt` (what else shapes the output)."""
-    import ray
-
-    paths = [paths] if isinstance(paths, str) else list(paths)
-    for path in paths:
-        if "://" not in path and not os.path.exists(path):
-            raise InputError(f"{path}: no such file or directory")
-    files = ray.data.read_binary_files(paths, include_paths=True, file_extensions=FILE_EXTENSIONS)
-    return files.flat_map(
-        _rows_of_file,
-        fn_kwargs={"fields": fields.model_dump(), "max_input_chars": max_input_chars, "key_salt": key_salt},
-    )
+    return read_rows([paths] if isinstance(paths, str) else list(paths), keyed_feedback,
+                     fields=fields.model_dump(), max_input_chars=max_input_chars, key_salt=key_salt)
 
 
-def _rows_of_file(file: dict[str, Any], fields: dict, max_input_chars: int, key_salt: str) -> Iterator[dict]:
-    path = file["path"]
-    spec = FeedbackFields.model_validate(fields)
-    for index, record in enumerate(parse_records(path, file["bytes"])):
-        row = normalize_feedback(record, source=path, index=index, fields=spec, max_input_chars=max_input_chars)
-        content = [row[c] for c in ("instruction", "context", "has_context", "good_res", "bad_res")]
-        # Unusable rows are keyed by position too: two different broken rows must not collide.
-        if row["status"] != "ok":
-            content.append(row["source"])
-        yield {**row, "key": row_key(content, key_salt)}
-
-
-def parse_records(path: str, data: bytes) -> list[Any]:
-    """The records of one file; raises InputError naming the file (and line) when unreadable."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(io.BytesIO(data)).to_pylist()
-        except Exception as exc:
-            raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    if not text.strip():
-        return []
-    if not path.endswith((".jsonl", ".ndjson")):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if not text.lstrip().startswith("{"):
-                raise InputError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-        else:
-            return _records_of_document(path, doc)
-    return _json_lines(path, text)
-
-
-def _records_of_document(path: str, doc: Any) -> list[Any]:
-    if isinstance(doc, list):
-        return doc
-    if isinstance(doc, dict):
-        lists = [v for v in doc.values() if isinstance(v, list)]
-        if len(lists) == 1:  # {"data": [...]} and similar wrappers
-            return lists[0]
-        return [doc]
-    raise InputError(f"{path}: expected a JSON array of objects, got {type(doc).__name__}")
-
-
-def _json_lines(path: str, text: str) -> list[Any]:
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: line {lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-    return records
+def keyed_feedback(record: Any, *, source: str, index: int, fields: dict, max_input_chars: int,
+                   key_salt: str) -> dict:
+    row = normalize_feedback(record, source=source, index=index, fields=FeedbackFields.model_validate(fields),
+                             max_input_chars=max_input_chars)
+    content = [row[c] for c in ("instruction", "context", "has_context", "good_res", "bad_res")]
+    # Unusable rows are keyed by position too: two different broken rows must not collide.
+    if row["status"] != STATUS_OK:
+        content.append(row["source"])
+    return {**row, "key": row_key(content, key_salt)}
 
 
 def normalize_feedback(record: Any, *, source: str, index: int, fields: FeedbackFields, max_input_chars: int) -> dict:
@@ -116,9 +53,9 @@ def normalize_feedback(record: Any, *, source: str, index: int, fields: Feedback
     status ('ok' or 'rejected') and reason. Same columns and types for every row."""
     where = f"{PurePosixPath(source).name}:{index}"
     row = {"id": where, "instruction": "", "context": "", "has_context": False, "good_res": "",
-           "bad_res": "", "source": where, "status": "ok", "reason": ""}
+           "bad_res": "", "source": where, "status": STATUS_OK, "reason": ""}
     if not isinstance(record, dict):
-        return {**row, "status": "rejected", "reason": f"row {index} is not an object"}
+        return {**row, "status": STATUS_REJECTED, "reason": f"row {index} is not an object"}
     if (rid := _first(record, fields.id)) is not None:
         row["id"] = str(rid[1])
     problems = []
@@ -145,7 +82,7 @@ def normalize_feedback(record: Any, *, source: str, index: int, fields: Feedback
     if not problems and size > max_input_chars:
         problems.append(f"input too long: {size} characters > max_input_chars {max_input_chars}")
     if problems:
-        row.update(status="rejected", reason="; ".join(problems))
+        row.update(status=STATUS_REJECTED, reason="; ".join(problems))
     return row
 
 

@@ -1,8 +1,8 @@
 """A job's output folder as a resumable ledger.
 
 Rows stream out of Ray Data into part files under `DIR/<table>/` (Parquet or JSON Lines, local
-path or any URI pyarrow can open), flushed every few hundred rows, so an interrupted job loses
-at most one buffer. A row's `key` is a content hash of its input and of everything that shapes
+path or any URI pyarrow can open), flushed every few hundred rows or every few seconds, so an
+interrupted job loses at most what was in flight and the last seconds. A row's `key` is a content hash of its input and of everything that shapes
 its output; re-running into the same DIR reads the keys already there and skips those rows.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterable, Literal
@@ -19,13 +21,22 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+log = logging.getLogger(__name__)
+
 OutputFormat = Literal["parquet", "jsonl"]
 
 
 def row_key(values: Iterable[Any], salt: str) -> str:
-    """Content hash of a row's inputs plus the salt (model fingerprint, prompt version)."""
+    """Content hash of a row's inputs plus the salt (everything else that shapes the output)."""
     payload = json.dumps([list(values), salt], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def settings_hash(*parts: Any) -> str:
+    """A short hash of everything besides the row that changes a stage's output: the model's
+    fingerprint, the prompt texts, the filter and repair settings. The resume key's salt."""
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def filesystem_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -33,42 +44,84 @@ def filesystem_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 class TableWriter:
-    """Buffers rows and writes them as numbered part files of one run."""
+    """Buffers rows and writes them as numbered part files of one run, against a declared schema.
 
-    def __init__(self, root: str, table: str, fmt: OutputFormat, *, flush_rows: int = 256, flush_s: float = 20.0):
+    Flushes every `flush_rows` rows and, from a background thread, every `flush_s` seconds even
+    while the job waits on a slow block, so a killed job re-pays only what was in flight plus a
+    few seconds. Use as a context manager (or call `close`): the last rows are written on the way
+    out, also when the job fails.
+    """
+
+    def __init__(self, root: str, table: str, fmt: OutputFormat, *, schema: pa.Schema | None = None,
+                 flush_rows: int = 256, flush_s: float = 5.0):
         self.fs, base = filesystem_and_path(root)
         self.dir = f"{base.rstrip('/')}/{table}"
         self.fs.create_dir(self.dir, recursive=True)
         self.fmt = fmt
+        self.schema = schema
         self.flush_rows, self.flush_s = flush_rows, flush_s
         self.run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self._buffer: list[dict] = []
         self._parts = 0
-        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
         self.rows_written = 0
+        self._timer = threading.Thread(target=self._flush_periodically, name=f"flush-{table}", daemon=True)
+        self._timer.start()
 
     def add(self, rows: list[dict]) -> None:
-        self._buffer.extend(rows)
-        if len(self._buffer) >= self.flush_rows or time.monotonic() - self._last_flush > self.flush_s:
+        with self._lock:
+            self._buffer.extend(rows)
+            full = len(self._buffer) >= self.flush_rows
+        if full:
             self.flush()
 
     def flush(self) -> None:
-        self._last_flush = time.monotonic()
-        if not self._buffer:
-            return
+        with self._lock:  # one writer at a time: the timer thread and the job's thread
+            rows, self._buffer = self._buffer, []
+            if rows:
+                self._write(rows)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._timer.join()
+        self.flush()
+
+    def __enter__(self) -> "TableWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _flush_periodically(self) -> None:
+        while not self._closed.wait(self.flush_s):
+            try:
+                self.flush()
+            except Exception:  # the job's own flush on close reports it
+                log.exception("periodic flush of %s failed", self.dir)
+
+    def _write(self, rows: list[dict]) -> None:
         ext = "parquet" if self.fmt == "parquet" else "jsonl"
         path = f"{self.dir}/part-{self.run}-{self._parts:05d}.{ext}"
         tmp = path + ".tmp"
+        table = pa.Table.from_pylist(rows, schema=self.schema)
         # Write then rename, so a reader (or a resume) never sees half a file.
         with self.fs.open_output_stream(tmp) as out:
             if self.fmt == "parquet":
-                pq.write_table(pa.Table.from_pylist(self._buffer), out)
+                pq.write_table(table, out)
             else:
-                out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._buffer).encode())
+                out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist()).encode())
         self.fs.move(tmp, path)
-        self.rows_written += len(self._buffer)
+        self.rows_written += len(rows)
         self._parts += 1
-        self._buffer = []
+
+
+def write_summary(root: str, summary: dict[str, Any]) -> None:
+    """DIR/summary.json, on any filesystem the ledger writes to."""
+    fs, base = filesystem_and_path(root)
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(f"{base.rstrip('/')}/summary.json") as out:
+        out.write((json.dumps(summary, indent=2, default=str) + "\n").encode())
 
 
 def read_table(root: str, table: str, fmt: OutputFormat, columns: list[str] | None = None) -> pa.Table | None:

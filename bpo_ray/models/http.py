@@ -4,6 +4,11 @@ The `openai` async client does the HTTP; this module owns what a batch job needs
 bounded concurrency, the shared rate limit, retries with exponential backoff and jitter that
 honour Retry-After, a per-request timeout, and per-row accounting (tokens, requests, retries).
 The client's own retries are off so every attempt is counted and rate-limited here.
+
+Three kinds of failure, three outcomes: a transient one (429, 5xx, timeouts) is retried and, if
+it persists, a retryable rejected row; a problem of the request itself (400, 422) a permanent
+rejected row; a problem of the whole job (401, 403, 404: bad key, no access, unknown model or
+endpoint) raises ModelUnavailableError, which stops the job before it marks a row as failed.
 """
 
 from __future__ import annotations
@@ -18,19 +23,31 @@ from typing import Any
 
 import openai
 
+from bpo_ray.errors import ModelUnavailableError
 from bpo_ray.models.base import ChatBackend, ChatRequest, ChatResult, TokenLogprob
 from bpo_ray.models.ratelimit import RateLimiter
 from bpo_ray.models.spec import ModelSpec
+
+try:  # the openai client's own HTTP library (httpx2 in openai 3.x, httpx before)
+    import httpx2 as _httpx
+except ImportError:  # pragma: no cover - older openai
+    import httpx as _httpx
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
+# Statuses that say the job's settings are wrong, not the row: stop the job.
+JOB_FATAL_STATUSES = {401: "the API key was rejected", 403: "the API key has no access",
+                      404: "model or endpoint not found"}
 
 
 class OpenAIHTTPBackend(ChatBackend):
-    def __init__(self, spec: ModelSpec, *, rate_limiter: Any = None, client: Any = None):
+    def __init__(self, spec: ModelSpec, *, rate_limiter: Any = None, client: Any = None,
+                 api_key: str | None = None):
         self.spec = spec
+        # Passed in by the job when the actor's environment lacks the variable (other nodes).
+        self._api_key = api_key
         self.model_name = spec.model
         self.supports_prefill = spec.prefill
         self._client = client  # injected in tests; built lazily on the caller's event loop
@@ -41,11 +58,16 @@ class OpenAIHTTPBackend(ChatBackend):
 
     def _get_client(self) -> Any:
         if self._client is None:
+            # One connection per request in flight: the client's default pool keeps 100
+            # keep-alive connections, which throttles a high concurrency and wastes a low one.
+            limits = _httpx.Limits(max_connections=self.spec.concurrency,
+                                   max_keepalive_connections=self.spec.concurrency)
             self._client = openai.AsyncOpenAI(
                 base_url=self.spec.base_url,
-                api_key=self.spec.api_key(),
+                api_key=self._api_key or self.spec.api_key(),
                 max_retries=0,
                 timeout=self.spec.timeout_s,
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.spec.timeout_s),
             )
         return self._client
 
@@ -76,6 +98,7 @@ class OpenAIHTTPBackend(ChatBackend):
                 result.error, result.retryable = None, False
                 break
             except Exception as exc:  # classified below; anything unknown is final
+                raise_if_job_fatal(exc, self.spec)
                 retryable, retry_after = _classify(exc)
                 result.error = _describe(exc)
                 result.retryable = retryable
@@ -116,9 +139,53 @@ class OpenAIHTTPBackend(ChatBackend):
             kwargs["extra_body"] = extra_body
         return kwargs
 
+    async def probe(self, attempts: int = 3) -> None:
+        """Check the endpoint, the key and the model once, before a job fans out.
+
+        Lists the models (free, no tokens); a model missing from the list gets one 1-token
+        request, since some proxies list fewer models than they serve. Raises
+        ModelUnavailableError naming the setting to fix.
+        """
+        client = self._get_client()
+        for attempt in range(attempts):
+            try:
+                listed = [m.id async for m in client.models.list()]
+                break
+            except Exception as exc:
+                if isinstance(exc, openai.NotFoundError):
+                    listed = None  # the endpoint does not list models: ask the model directly
+                    break
+                raise_if_job_fatal(exc, self.spec)
+                retryable, retry_after = _classify(exc)
+                if not retryable or attempt == attempts - 1:
+                    raise ModelUnavailableError(
+                        f"model.base_url: {self.spec.base_url} does not answer ({_describe(exc)}); "
+                        "check the URL and that the server is up") from None
+                await asyncio.sleep(min(2.0, _backoff(attempt, retry_after)))
+        if listed is not None and self.spec.model in listed:
+            return
+        request = ChatRequest([{"role": "user", "content": "ping"}], sampling={"max_tokens": 1})
+        try:
+            await self._get_client().chat.completions.create(**self._request_kwargs(request))
+        except Exception as exc:
+            raise_if_job_fatal(exc, self.spec)
+            # Anything else (a 400 for the tiny request, a busy server) proves the model exists.
+
     async def aclose(self) -> None:
         if self._client is not None and hasattr(self._client, "close"):
             await self._client.close()
+
+
+def raise_if_job_fatal(exc: Exception, spec: ModelSpec) -> None:
+    """401/403/404 concern every row alike: raise ModelUnavailableError naming the setting."""
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code not in JOB_FATAL_STATUSES:
+        return
+    status = exc.status_code
+    setting = (f"model.api_key_env ({spec.api_key_env})" if status in (401, 403)
+               else f"model.model ({spec.model!r}) or model.base_url")
+    raise ModelUnavailableError(
+        f"{spec.base_url or 'the API'} answered HTTP {status}: {JOB_FATAL_STATUSES[status]} "
+        f"({_short(exc.message, 160)}); check {setting}") from None
 
 
 def _fill_result(result: ChatResult, reply: Any) -> None:

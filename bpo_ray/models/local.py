@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from bpo_ray.errors import ConfigError
+from bpo_ray.errors import ConfigError, ModelUnavailableError
 from bpo_ray.models.base import ChatBackend, ChatRequest, ChatResult, Message, TokenLogprob
 from bpo_ray.models.embedded import resolve_model_path
 from bpo_ray.models.spec import ModelSpec, Sampling
@@ -93,16 +93,16 @@ class TransformersBackend(ChatBackend):
             groups.setdefault(key, []).append(job)
 
         # Grouping first, then cutting into micro-batches, keeps batches as full as possible.
-        size = self.spec.concurrency
+        size = self.spec.batch_size
         for jobs in groups.values():
             for start in range(0, len(jobs), size):
                 chunk = jobs[start : start + size]
                 try:
                     for job, result in zip(chunk, self._generate(chunk)):
                         results[job.index] = result
-                except Exception as e:
+                except Exception as e:  # out of memory, a device error: worth another try later
                     for job in chunk:
-                        results[job.index] = _error(e)
+                        results[job.index] = _error(e, retryable=True)
         return [r if r is not None else _error(RuntimeError("no result")) for r in results]
 
     def _prepare(self, index: int, request: ChatRequest) -> _Job | ChatResult:
@@ -197,11 +197,35 @@ class TransformersBackend(ChatBackend):
 
 
 def _pick_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
+    return torch.device(choose_device(device, cuda_available=torch.cuda.is_available(),
+                                      ray_gpu_ids=_ray_gpu_ids()))
+
+
+def choose_device(requested: str, *, cuda_available: bool, ray_gpu_ids: list | None) -> str:
+    """'cuda' or 'cpu' for a local model.
+
+    Inside a Ray actor (`ray_gpu_ids` is a list), 'auto' means the GPU Ray assigned: Ray does
+    not hide the node's GPUs from an actor that reserved none, and every such actor would
+    otherwise load onto cuda:0 beside the ones that did reserve it.
+    """
+    if requested == "cuda" and not cuda_available:
         raise ConfigError("model.device: 'cuda' requested but no CUDA device is visible")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    if requested == "auto":
+        assigned = ray_gpu_ids is None or len(ray_gpu_ids) > 0
+        return "cuda" if cuda_available and assigned else "cpu"
+    return requested
+
+
+def _ray_gpu_ids() -> list | None:
+    """The GPUs Ray assigned to this worker, or None outside a Ray worker."""
+    try:
+        import ray
+
+        if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+            return None
+        return list(ray.get_gpu_ids())
+    except Exception:
+        return None
 
 
 def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -210,19 +234,47 @@ def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _load(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def model_source(path: str) -> str:
+    """The folder (or HF id in the local cache) to load from; raises ModelUnavailableError for
+    a path that does not exist, so the job stops instead of rejecting every row."""
     folder = Path(path).expanduser()
     looks_like_path = folder.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1
     if not folder.is_dir() and (looks_like_path or folder.exists()):
-        raise ConfigError(f"model.model: model folder not found: {folder.absolute()}")
-    source = str(folder) if folder.is_dir() else path  # otherwise an HF id, from the local HF cache
+        raise ModelUnavailableError(f"model.model: model folder not found: {folder.absolute()}")
+    return str(folder) if folder.is_dir() else path  # otherwise an HF id, from the local HF cache
+
+
+def check_loadable(path: str) -> None:
+    """What loading needs, without the weights: config, tokenizer, a weights file. Cheap enough
+    for the driver to run once before a job starts its model actors."""
+    source = model_source(path)
+    try:
+        AutoConfig.from_pretrained(source)
+        AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise _unloadable(path, e) from None
+    folder = Path(source)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise ModelUnavailableError(f"model.model: {folder} has no weights (*.safetensors or *.bin)")
+
+
+def _load(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    source = model_source(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as e:  # ValueError: not even a valid hub id
-        raise ConfigError(f"model.model: cannot load {path!r} (not a model folder, and not in the "
-                          f"local Hugging Face cache): {e}") from e
+        raise _unloadable(path, e) from e
     return tokenizer, model
+
+
+def _unloadable(path: str, e: Exception) -> ModelUnavailableError:
+    return ModelUnavailableError(f"model.model: cannot load {path!r} (not a model folder, and not in "
+                                 f"the local Hugging Face cache): {_first_line(e)}")
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def _max_positions(model: Any, tokenizer: Any) -> int | None:
@@ -240,5 +292,5 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _error(e: Exception) -> ChatResult:
-    return ChatResult(error=f"{type(e).__name__}: {e}", retryable=False)
+def _error(e: Exception, *, retryable: bool = False) -> ChatResult:
+    return ChatResult(error=f"{type(e).__name__}: {e}", retryable=retryable)

@@ -2,9 +2,15 @@
 
 Subclasses implement `process_rows` on plain dicts. The base class enforces the contract every
 stage owes the job: required columns present, row ids carried through, rows that arrive already
-rejected passed on untouched, and a failure anywhere turned into rejected rows with the reason,
-never into a lost batch. Use it with `map_batches(Stage, batch_format="pyarrow", ...)`; the
-async `__call__` lets Ray Data keep several batches in flight per actor.
+rejected passed on untouched, every row with the same declared columns and types, and failures
+sorted by whom they concern:
+- the row (bad input, no usable reply, a filter): a rejected row, for good;
+- the moment (a crash in the stage, a device error): a rejected row marked retryable, which the
+  next run of the job tries again;
+- the whole job (ModelUnavailableError and other BpoRayErrors: a missing model, a rejected key):
+  raised, so the job stops instead of rejecting every row.
+Use it with `map_batches(Stage, batch_format="pyarrow", ...)`; the async `__call__` lets Ray
+Data keep several batches in flight per actor.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from bpo_ray.data.rows import STATUS_OK, STATUS_REJECTED
+from bpo_ray.errors import BpoRayError
 from bpo_ray.models import build_backend
 from bpo_ray.models.base import ChatBackend, ChatResult
 from bpo_ray.models.spec import ModelSpec
@@ -23,14 +31,12 @@ log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 
-STATUS_OK = "ok"
-STATUS_REJECTED = "rejected"
 
 # Columns every stage output has; `reason` is empty for good rows.
-ACCOUNTING_COLUMNS: dict[str, Any] = {
-    "status": STATUS_OK,
-    "reason": "",
-    "retryable": False,
+STATUS_COLUMNS: dict[str, Any] = {"status": STATUS_OK, "reason": "", "retryable": False}
+# Per-stage accounting, stored as `<stage>_<name>` so a row that went through several stages
+# (generate, then evaluate) keeps each stage's model and usage.
+USAGE_COLUMNS: dict[str, Any] = {
     "model": "",
     "prompt_tokens": 0,
     "completion_tokens": 0,
@@ -38,16 +44,23 @@ ACCOUNTING_COLUMNS: dict[str, Any] = {
     "retries": 0,
     "latency_s": 0.0,
 }
+USAGE_TOTALS = ("requests", "retries", "prompt_tokens", "completion_tokens")
+_ARROW_TYPES = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
 
 
 class ModelStage(abc.ABC):
+    stage_name: ClassVar[str]
+    """The verb this stage belongs to; prefixes its usage columns."""
     required_columns: ClassVar[tuple[str, ...]] = ("id",)
     output_columns: ClassVar[dict[str, Any]] = {}
-    """Columns the subclass adds, with the value a rejected row gets."""
+    """Columns the subclass adds, with the value a rejected row gets (its type is the column's)."""
 
-    def __init__(self, spec: dict | ModelSpec, *, rate_limiter: Any = None, backend: ChatBackend | None = None):
+    def __init__(self, spec: dict | ModelSpec, *, rate_limiter: Any = None, backend: ChatBackend | None = None,
+                 api_key: Any = None):
         self.spec = ModelSpec.model_validate(spec)
         self._rate_limiter = rate_limiter
+        # A pydantic SecretStr from the driver: its repr never shows the key.
+        self._api_key = api_key
         self._backend = backend  # injected in unit tests; built per actor otherwise
 
     @property
@@ -58,12 +71,30 @@ class ModelStage(abc.ABC):
                 from bpo_ray.models.ratelimit import RemoteRateLimiter
 
                 limiter = RemoteRateLimiter(self._rate_limiter)
-            self._backend = build_backend(self.spec, rate_limiter=limiter)
+            key = self._api_key.get_secret_value() if hasattr(self._api_key, "get_secret_value") else self._api_key
+            self._backend = build_backend(self.spec, rate_limiter=limiter, api_key=key)
         return self._backend
 
     @abc.abstractmethod
     async def process_rows(self, rows: list[Row]) -> list[Row]:
         """Rows in, the same rows (same ids, same order) out, each good or rejected."""
+
+    @classmethod
+    def usage_column(cls, name: str) -> str:
+        return f"{cls.stage_name}_{name}"
+
+    @classmethod
+    def added_columns(cls) -> dict[str, Any]:
+        """Every column this stage writes, with its default."""
+        return {**STATUS_COLUMNS, **{cls.usage_column(k): v for k, v in USAGE_COLUMNS.items()},
+                **cls.output_columns}
+
+    @classmethod
+    def output_schema(cls, input_schema: pa.Schema) -> pa.Schema:
+        """The declared schema of this stage's output: the input's columns, then its own."""
+        added = {name: _ARROW_TYPES[type(default)] for name, default in cls.added_columns().items()}
+        fields = [f for f in input_schema if f.name not in added]
+        return pa.schema(fields + [pa.field(name, typ) for name, typ in added.items()])
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -76,26 +107,30 @@ class ModelStage(abc.ABC):
             done = await self.process_rows(todo) if todo else []
             if [r["id"] for r in done] != [r["id"] for r in todo]:
                 raise RuntimeError("stage returned rows out of order or changed their count")
+        except BpoRayError:
+            raise  # the job's settings are wrong: stop the job, mark no row
         except Exception as exc:
             log.exception("%s failed on a batch of %d rows", type(self).__name__, len(todo))
-            done = [self.reject(r, f"stage error: {type(exc).__name__}: {exc}") for r in todo]
+            done = [self.reject(r, f"stage error: {type(exc).__name__}: {exc}", retryable=True) for r in todo]
         by_id = {id(r): d for r, d in zip(todo, done)}
-        out = [self._complete(by_id.get(id(r), r)) for r in rows]
-        return pa.Table.from_pylist(out)
+        defaults = self.added_columns()
+        out = [{**defaults, **by_id.get(id(r), r)} for r in rows]
+        return pa.Table.from_pylist(out, schema=self.output_schema(batch.schema))
 
-    def _complete(self, row: Row) -> Row:
-        # Same columns in every row, so batches concatenate and write without schema drift.
-        return {**ACCOUNTING_COLUMNS, **self.output_columns, **row}
+    def usage(self, *results: ChatResult) -> Row:
+        """This stage's usage columns for one row's calls (a row may take a repair round)."""
+        return {self.usage_column(k): v for k, v in usage_totals(*results).items()} | {
+            self.usage_column("model"): self.backend.model_name}
 
     def reject(self, row: Row, reason: str, *, retryable: bool = False, usage: ChatResult | None = None) -> Row:
         out = {**row, "status": STATUS_REJECTED, "reason": reason, "retryable": retryable}
         if usage is not None:
-            out.update(usage_columns(usage))
+            out.update(self.usage(usage))
         return out
 
 
-def usage_columns(*results: ChatResult) -> Row:
-    """Sum the accounting of one row's calls (a row may take a repair round)."""
+def usage_totals(*results: ChatResult) -> Row:
+    """Sum the accounting of one row's calls."""
     return {
         "prompt_tokens": sum(r.prompt_tokens for r in results),
         "completion_tokens": sum(r.completion_tokens for r in results),

@@ -39,7 +39,7 @@ class ModelServer:
         self.model_id = spec.model
         self.backend = build_backend(spec)
         # The decorator's batch size is fixed at import time; the spec decides it per app.
-        self._generate.set_max_batch_size(spec.concurrency)
+        self._generate.set_max_batch_size(spec.batch_size)
         self.batches = 0
         self.batched_requests = 0
         self.largest_batch = 0
@@ -86,17 +86,22 @@ class ModelServer:
 
 def build_model_app(spec: ModelSpec, *, num_replicas: int = 1,
                     autoscaling: dict[str, Any] | None = None, num_cpus: float = 1,
-                    num_gpus: float = 0) -> Application:
+                    num_gpus: float | None = None, cluster_gpus: float | None = None) -> Application:
     """The bound app: `num_replicas` fixed replicas, or Serve autoscaling when `autoscaling`
-    is given (keys of Serve's autoscaling_config; target_ongoing_requests defaults to one batch)."""
+    is given (keys of Serve's autoscaling_config; target_ongoing_requests defaults to one batch).
+    `num_gpus` None: one GPU per replica when the cluster has GPUs (see models/resources.py)."""
+    from bpo_ray.models.resources import actor_resources
+    from bpo_ray.models.resources import cluster_gpus as running_cluster_gpus
+
+    gpus = running_cluster_gpus() if cluster_gpus is None else cluster_gpus
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
-        # Serve's default (5) would cap batches below spec.concurrency; twice lets the next
+        "ray_actor_options": actor_resources(spec, cluster_gpus=gpus, num_cpus=num_cpus, num_gpus=num_gpus),
+        # Serve's default (5) would cap batches below spec.batch_size; twice lets the next
         # batch fill while one runs.
-        "max_ongoing_requests": 2 * spec.concurrency,
+        "max_ongoing_requests": 2 * spec.batch_size,
     }
     if autoscaling is not None:
-        options["autoscaling_config"] = {"target_ongoing_requests": spec.concurrency, **autoscaling}
+        options["autoscaling_config"] = {"target_ongoing_requests": spec.batch_size, **autoscaling}
     else:
         options["num_replicas"] = num_replicas
     return ModelServer.options(**options).bind(spec)
@@ -105,7 +110,7 @@ def build_model_app(spec: ModelSpec, *, num_replicas: int = 1,
 def start_model_server(spec: ModelSpec, *, host: str = "127.0.0.1", port: int = 8000,
                        name: str = "bpo-model", route_prefix: str = "/", num_replicas: int = 1,
                        autoscaling: dict[str, Any] | None = None, num_cpus: float = 1,
-                       num_gpus: float = 0, timeout_s: float = 300.0) -> str:
+                       num_gpus: float | None = None, timeout_s: float = 300.0) -> str:
     """Deploy the model server and return its OpenAI base URL (".../v1") once it answers.
 
     HTTP options are cluster-wide in Serve: if Serve already runs with another host/port,

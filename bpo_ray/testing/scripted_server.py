@@ -47,18 +47,26 @@ class ServerStats:
     """Thread-safe counters for chat-completion requests (``/v1/models`` is not counted)."""
 
     requests: int = 0
+    unauthorized: int = 0  # requests answered 401 for a missing or wrong key (any route)
+    peers: set = field(default_factory=set)  # client (host, port) pairs: one per TCP connection
     by_status: dict[int, int] = field(default_factory=dict)
     ok_timestamps: list[float] = field(default_factory=list)  # time.monotonic() per 200 reply
     bodies: list[dict] = field(default_factory=list)  # last _MAX_BODIES parsed request bodies
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def record_request(self, body: dict | None) -> None:
+    def record_request(self, body: dict | None, peer: Any = None) -> None:
         with self.lock:
             self.requests += 1
+            if peer is not None:
+                self.peers.add(tuple(peer))
             if body is not None:
                 self.bodies.append(body)
                 if len(self.bodies) > _MAX_BODIES:
                     del self.bodies[0]
+
+    def record_unauthorized(self) -> None:
+        with self.lock:
+            self.unauthorized += 1
 
     def record_reply(self, status: int) -> None:
         with self.lock:
@@ -160,8 +168,10 @@ class ScriptedOpenAIServer:
         model: str = "scripted",
         host: str = "127.0.0.1",
         port: int = 0,
+        api_key: str | None = None,
     ) -> None:
         self.reply_fn = reply_fn
+        self.api_key = api_key  # when set, every route answers 401 without "Bearer <api_key>"
         self.latency_s = latency_s
         self.model = model
         self.host = host
@@ -266,7 +276,15 @@ class ScriptedOpenAIServer:
 
     # ---- handlers --------------------------------------------------------
 
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        if self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}":
+            return None
+        self.stats.record_unauthorized()
+        return _error_response(401, "Incorrect API key provided.", "authentication_error")
+
     async def _handle_models(self, request: web.Request) -> web.Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         return web.json_response(
             {
                 "object": "list",
@@ -283,6 +301,8 @@ class ScriptedOpenAIServer:
 
     async def _handle_chat(self, request: web.Request) -> web.Response:
         arrival = time.monotonic()
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         try:
             body = json.loads(await request.read())
             if not isinstance(body, dict):
@@ -292,7 +312,7 @@ class ScriptedOpenAIServer:
             return self._reply(
                 _error_response(400, f"invalid JSON body: {exc}", "invalid_request_error")
             )
-        self.stats.record_request(body)
+        self.stats.record_request(body, request.transport.get_extra_info("peername") if request.transport else None)
 
         fault = self._next_fault() or Fault()
         if fault.status is not None:

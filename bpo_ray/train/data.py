@@ -13,67 +13,39 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
-import pyarrow.fs as pafs
 
-from bpo_ray.data.feedback import FILE_EXTENSIONS, parse_records
+from bpo_ray.data.files import input_files, read_rows  # noqa: F401 (input_files re-exported)
 from bpo_ray.data.ledger import filesystem_and_path
-from bpo_ray.errors import ConfigError, InputError
+from bpo_ray.data.rows import STATUS_OK, STATUS_REJECTED, count_reasons
+from bpo_ray.errors import ConfigError
 from bpo_ray.optimizer_template import OptimizerTemplate
 from bpo_ray.train.config import PairFields
 from bpo_ray.train.tokenize import tokenize_batch
 
-ROW_COLUMNS = ["id", "prompt", "context", "optimized_prompt", "source", "reason"]
+ROW_COLUMNS = ["id", "prompt", "context", "optimized_prompt", "source", "status", "reason"]
 TRAIN_COLUMNS = ["input_ids", "labels", "attention_mask"]
 MISSING = "missing field"
 
 
-def input_files(paths: list[str]) -> list[str]:
-    """The files to read: a construct output folder stands for its pairs/ table, any other
-    folder for the pair files in it. Raises InputError for a path that does not exist."""
-    out: list[str] = []
-    for path in paths:
-        fs, base = filesystem_and_path(path)
-        info = fs.get_file_info(base)
-        if info.type == pafs.FileType.NotFound:
-            raise InputError(f"input: {path}: no such file or directory")
-        if info.type == pafs.FileType.File:
-            out.append(path)
-            continue
-        pairs = f"{base.rstrip('/')}/pairs"
-        folder = pairs if fs.get_file_info(pairs).type == pafs.FileType.Directory else base
-        found = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-                       if f.type == pafs.FileType.File and f.path.rsplit(".", 1)[-1] in FILE_EXTENSIONS)
-        if not found:
-            raise InputError(f"input: {path}: no JSON, JSONL or Parquet files in it")
-        prefix = path[: len(path) - len(base)] if "://" in path else ""
-        out += [prefix + f for f in found]
-    return out
-
-
 def read_pairs(paths: list[str], fields: PairFields, *, limit: int | None = None):
-    """A Ray Dataset of rows (id, prompt, context, optimized_prompt, source, reason); reason
-    is empty for a usable row."""
-    import ray.data
-
-    files = ray.data.read_binary_files(input_files(paths), include_paths=True)
-    rows = files.flat_map(_rows_of_file, fn_kwargs={"fields": fields.model_dump()})
+    """A Ray Dataset of rows (id, prompt, context, optimized_prompt, source, status, reason)."""
+    rows = read_rows(paths, _pair_row, fields=fields.model_dump())
     return rows.limit(limit) if limit else rows
 
 
-def _rows_of_file(file: dict[str, Any], fields: dict) -> Iterator[dict]:
-    spec = PairFields.model_validate(fields)
-    for index, record in enumerate(parse_records(file["path"], file["bytes"])):
-        yield normalize_pair(record, source=file["path"], index=index, fields=spec)
+def _pair_row(record: Any, *, source: str, index: int, fields: dict) -> dict:
+    return normalize_pair(record, source=source, index=index, fields=PairFields.model_validate(fields))
 
 
 def normalize_pair(record: Any, *, source: str, index: int, fields: PairFields) -> dict:
     """One uniform row; same columns and types for every row, usable or not."""
     where = f"{PurePosixPath(source).name}:{index}"
-    row = {"id": where, "prompt": "", "context": "", "optimized_prompt": "", "source": where, "reason": ""}
+    row = {"id": where, "prompt": "", "context": "", "optimized_prompt": "", "source": where,
+           "status": STATUS_OK, "reason": ""}
     if not isinstance(record, dict):
-        return {**row, "reason": f"row {index} is not an object"}
+        return {**row, "status": STATUS_REJECTED, "reason": f"row {index} is not an object"}
     problems = []
     for column, names, required in (("id", fields.id, False), ("prompt", fields.prompt, True),
                                     ("context", fields.context, False), ("optimized_prompt", fields.target, True)):
@@ -93,7 +65,9 @@ def normalize_pair(record: Any, *, source: str, index: int, fields: PairFields) 
         problems.append("empty prompt")
     if not problems and not row["optimized_prompt"].strip():
         problems.append("empty optimized_prompt")
-    return {**row, "reason": "; ".join(problems)}
+    if problems:
+        return {**row, "status": STATUS_REJECTED, "reason": "; ".join(problems)}
+    return row
 
 
 def check_rows(counts: dict[str, int], reasons: dict[str, int], fields: PairFields) -> None:
@@ -153,15 +127,15 @@ def tokenize_and_split(rows, *, tokenizer_path: str, template: OptimizerTemplate
                    "max_length": max_length, "seed": seed},
         batch_format="pandas",
     ).materialize()
-    meta = tokenized.select_columns(["id", "source", "reason", "split_key", "num_tokens"]).to_pandas()
-    rejected = meta[meta["reason"] != ""][["id", "source", "reason"]].to_dict("records")
-    usable = meta[meta["reason"] == ""]
+    meta = tokenized.select_columns(["id", "source", "status", "reason", "split_key", "num_tokens"]).to_pandas()
+    rejected = meta[meta["status"] != STATUS_OK][["id", "source", "reason"]].to_dict("records")
+    usable = meta[meta["status"] == STATUS_OK]
     if usable.empty:
-        top = meta["reason"].value_counts().index[0] if len(meta) else "no rows"
+        top = next(iter(count_reasons(meta["reason"])), "no rows")
         raise ConfigError(f"input: no row fits training (max_length={max_length}; e.g. {top})")
     n_val = val_count(val_size, len(usable))
     threshold = int(usable["split_key"].nsmallest(n_val).iloc[-1])
-    ok = tokenized.filter(lambda r: r["reason"] == "")
+    ok = tokenized.filter(lambda r: r["status"] == STATUS_OK)
     val = ok.filter(lambda r: r["split_key"] <= threshold).select_columns(TRAIN_COLUMNS).materialize()
     train = ok.filter(lambda r: r["split_key"] > threshold).select_columns(TRAIN_COLUMNS).materialize()
     train_rows = train.count()
@@ -177,14 +151,15 @@ def _tokenize_usable(batch, *, tokenizer_path: str, template_json: str, max_leng
 
     batch = batch.reset_index(drop=True)
     batch["split_key"] = [split_key(r, seed) for r in batch[["prompt", "context", "optimized_prompt"]].to_dict("records")]
-    good = batch[batch["reason"] == ""]
-    bad = batch[batch["reason"] != ""]
+    good = batch[batch["status"] == STATUS_OK]
+    bad = batch[batch["status"] != STATUS_OK]
     parts = []
     if len(good):
         out = pd.DataFrame(tokenize_batch({c: good[c].tolist() for c in good.columns},
                                           tokenizer_path=tokenizer_path, template_json=template_json,
                                           max_length=max_length))
         out["reason"] = out["reject_reason"]
+        out["status"] = [STATUS_REJECTED if r else STATUS_OK for r in out["reason"]]
         parts.append(out.drop(columns=["reject_reason"]))
     if len(bad):
         bad = bad.copy()
@@ -198,12 +173,14 @@ def _tokenize_usable(batch, *, tokenizer_path: str, template_json: str, max_leng
 
 
 def reason_counts(rows) -> tuple[dict[str, int], dict[str, int]]:
-    """({'ok': n, 'rejected': m}, {reason: count}) over a Ray Dataset of pair rows."""
+    """({'ok': n, 'rejected': m}, {full reason: count}) over a Ray Dataset of pair rows."""
     if rows.count() == 0:  # no rows, no schema: there is no column to select
-        return {"ok": 0, "rejected": 0}, {}
-    reasons = rows.select_columns(["reason"]).to_pandas()["reason"].value_counts().to_dict()
-    ok = int(reasons.pop("", 0))
-    return {"ok": ok, "rejected": int(sum(reasons.values()))}, {str(k): int(v) for k, v in reasons.items()}
+        return {STATUS_OK: 0, STATUS_REJECTED: 0}, {}
+    table = rows.select_columns(["status", "reason"]).to_pandas()
+    bad = table[table["status"] != STATUS_OK]
+    reasons = bad["reason"].value_counts().to_dict()
+    return ({STATUS_OK: int(len(table) - len(bad)), STATUS_REJECTED: int(len(bad))},
+            {str(k): int(v) for k, v in reasons.items()})
 
 
 def write_rejected(output: str, rejected: list[dict]) -> str | None:

@@ -8,16 +8,17 @@ train split, and finally the consolidated model from the last checkpoint into DI
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from bpo_ray.config import load_config
+from bpo_ray.data.ledger import write_summary
+from bpo_ray.data.rows import count_reasons
 from bpo_ray.errors import BpoRayError, ConfigError
 from bpo_ray.models.spec import EMBEDDED_MODEL
-from bpo_ray.ray_utils import ensure_ray, user_error_in
+from bpo_ray.ray_utils import run_on_ray
 from bpo_ray.train.config import TrainConfig
 from bpo_ray.train.data import check_rows, read_pairs, reason_counts, tokenize_and_split, write_rejected
 from bpo_ray.train.deepspeed_config import build_deepspeed_config, resolve_precision
@@ -33,17 +34,9 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the job; returns (and writes to DIR/summary.json) the run's summary."""
     started = time.monotonic()
     model_path = resolve_base_model(cfg.base_model)
-    ensure_ray(cfg.ray_address)
-    try:
-        summary = _run(cfg, model_path)
-    except Exception as exc:
-        if (user_error := user_error_in(exc)) is not None:
-            raise user_error from None
-        raise
+    summary = run_on_ray(cfg.ray_address, _run, cfg, model_path)
     summary["wall_s"] = round(time.monotonic() - started, 2)
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_summary(cfg.output, summary)
     return summary
 
 
@@ -130,7 +123,7 @@ def _run(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
         "rows_train": splits.train_rows,
         "rows_val": splits.val_rows,
         "rows_rejected": len(splits.rejected),
-        "reject_reasons": _top_reasons(splits.rejected),
+        "reject_reasons": count_reasons(r["reason"] for r in splits.rejected),
         "rejected_file": rejected_path,
         "tokens": splits.train_tokens,
         "micro_batches_per_epoch": per_epoch,
@@ -173,14 +166,6 @@ def resolve_base_model(name: str) -> str:
         raise ConfigError(f"base_model: {name!r} is not a local folder and not in the local Hugging Face "
                           f"cache ({type(exc).__name__})") from None
     return name
-
-
-def _top_reasons(rejected: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in rejected:
-        label = row["reason"].split(":")[0].split(" (")[0]
-        counts[label] = counts.get(label, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def train_from_cli(overrides: dict[str, Any], config_path: str | None) -> dict[str, Any]:

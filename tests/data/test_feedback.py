@@ -1,4 +1,5 @@
-"""Reading pairwise feedback: the public BPO shapes and bad input, without Ray."""
+"""Reading pairwise feedback: the public BPO shapes (on the project's own fixtures) and bad
+input, without Ray. tests/data/test_public_data.py reads the public files themselves."""
 
 import json
 
@@ -16,24 +17,44 @@ def rows_of(path, **kw):
             for i, r in enumerate(records)]
 
 
-def test_feedback_val_300(bpo_data):
-    rows = rows_of(bpo_data / "feedback_val_300.json")
-    assert len(rows) == 300 and all(r["status"] == "ok" for r in rows)
-    raw = json.loads((bpo_data / "feedback_val_300.json").read_text())
-    assert sum(1 for r in rows if r["context"].strip()) == sum(1 for r in raw if r.get("context", "").strip()) == 44
-    assert rows[0]["instruction"] == raw[0]["instruction"] and rows[0]["good_res"] == raw[0]["good_res"]
+def test_feedback_rows_keep_their_fields(fixture_data):
+    rows = rows_of(fixture_data / "feedback_24.json")
+    raw = json.loads((fixture_data / "feedback_24.json").read_text())
+    assert len(rows) == len(raw) == 24 and all(r["status"] == "ok" for r in rows)
+    assert [r["instruction"] for r in rows] == [r["instruction"] for r in raw]
+    assert [(r["good_res"], r["bad_res"]) for r in rows] == [(r["good_res"], r["bad_res"]) for r in raw]
+    assert sum(1 for r in rows if r["context"].strip()) == sum(1 for r in raw if r["context"].strip()) == 6
+    # An empty context key still counts as context, as in the original pipeline.
+    assert all(r["has_context"] for r in rows)
+    assert rows[0]["id"] == "feedback_24.json:0" and rows[0]["source"] == "feedback_24.json:0"
 
 
-def test_bpo_test_uses_prompt_as_instruction(bpo_data):
-    rows = rows_of(bpo_data / "bpo_test.json")
-    assert len(rows) == 200 and all(r["status"] == "ok" and r["instruction"] for r in rows)
+def test_field_aliases(tmp_path):
+    path = tmp_path / "aliases.jsonl"
+    records = [{"idx": 3, "prompt": "Why?", "input": "Because.", "chosen": "Good.", "rejected": "Bad."},
+               {"question_id": 9, "question": "How?", "good_response": "Well.", "bad_response": "Badly."}]
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    first, second = rows_of(path)
+    assert first == {**first, "id": "3", "instruction": "Why?", "context": "Because.", "has_context": True,
+                     "good_res": "Good.", "bad_res": "Bad.", "status": "ok"}
+    assert second == {**second, "id": "9", "instruction": "How?", "context": "", "has_context": False,
+                      "good_res": "Well.", "bad_res": "Badly.", "status": "ok"}
+
+
+def test_bpo_test_shape_uses_prompt_as_instruction(fixture_data):
+    rows = rows_of(fixture_data / "pairs_bpo_test.json")
+    raw = json.loads((fixture_data / "pairs_bpo_test.json").read_text())
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    assert [r["instruction"] for r in rows] == [r["prompt"] for r in raw]
     assert not any(r["has_context"] for r in rows)
 
 
-def test_construction_examples(bpo_data):
-    ctx = rows_of(bpo_data / "examples_ctx.json")
-    no_ctx = rows_of(bpo_data / "examples_no_ctx.json")
-    assert all(r["has_context"] for r in ctx) and not any(r["has_context"] for r in no_ctx)
+def test_has_context_follows_the_context_key(fixture_data):
+    ctx = rows_of(fixture_data / "feedback_ctx.json")
+    no_ctx = rows_of(fixture_data / "feedback_no_ctx.json")
+    assert len(ctx) == len(no_ctx) == 2
+    assert all(r["has_context"] and r["context"] for r in ctx)
+    assert not any(r["has_context"] or r["context"] for r in no_ctx)
 
 
 def test_not_json_names_the_file(tmp_path):

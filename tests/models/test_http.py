@@ -100,6 +100,25 @@ def test_batch_keeps_order_and_bounds_concurrency():
     assert elapsed >= 0.6 - 0.05  # 12 requests, 4 at a time, 0.2 s each: at least 3 waves
 
 
+def test_connection_pool_is_sized_to_the_requests_in_flight():
+    """120 in flight, two waves: every connection of the first wave is kept and reused (the
+    client's default pool keeps 100, and would open 20 more for the second wave)."""
+    with ScriptedOpenAIServer(reply_fn=lambda b: "ok", latency_s=0.2) as srv:
+        backend = build_backend(spec_for(srv.base_url, concurrency=120))
+        reqs = [ChatRequest([{"role": "user", "content": f"q{i}"}]) for i in range(120)]
+
+        async def two_waves():
+            try:
+                for _ in range(2):
+                    assert all(r.ok for r in await backend.chat_batch(reqs))
+            finally:
+                await backend.aclose()
+
+        asyncio.run(two_waves())
+        assert srv.stats.requests == 240
+        assert len(srv.stats.peers) <= 120
+
+
 def test_prefill_goes_as_continue_final_message(server):
     backend = build_backend(spec_for(server.base_url, supports_prefill=True))
     run(backend, [ChatRequest([{"role": "user", "content": "x"}], prefill="Answer:")])

@@ -133,8 +133,8 @@ def test_pairs_that_cannot_fit_are_rejected_with_a_reason(tokenizer):
     assert tokenize_pair(tokenizer, template, "x" * 500, "", TARGET, max_length=tight, min_target_tokens=3)
 
 
-def test_every_public_bpo_pair_is_masked_exactly(tokenizer, bpo_data):
-    rows = json.loads((bpo_data / "feedback_val_300.json").read_text())
+def test_every_feedback_pair_is_masked_exactly(tokenizer, fixture_data):
+    rows = json.loads((fixture_data / "feedback_24.json").read_text())
     counts = {"ok": 0, "prompt_truncated": 0, "target_truncated": 0, "rejected": 0}
     for template in STYLES:
         for row in rows:
@@ -147,8 +147,8 @@ def test_every_public_bpo_pair_is_masked_exactly(tokenizer, bpo_data):
             counts["ok"] += 1
             counts["prompt_truncated"] += example["prompt_truncated"]
             counts["target_truncated"] += example["target_truncated"]
-    # Byte tokens make long rows common: both truncation paths are exercised here.
-    assert counts["ok"] > 500 and counts["prompt_truncated"] > 10 and counts["target_truncated"] > 0
+    # Byte tokens make the long rows overflow 512: both truncation paths are exercised here.
+    assert counts["ok"] == 2 * len(rows) and counts["prompt_truncated"] >= 6 and counts["target_truncated"] > 0
 
 
 def test_collate_right_pads_each_field(tokenizer):
@@ -220,9 +220,9 @@ def embedded_tokenizer():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("template", STYLES, ids=["instruction", "chat"])
-def test_masking_is_exact_with_the_embedded_models_tokenizer(embedded_tokenizer, template, bpo_data):
+def test_masking_is_exact_with_the_embedded_models_tokenizer(embedded_tokenizer, template, fixture_data):
     tok = embedded_tokenizer
-    rows = json.loads((bpo_data / "feedback_val_300.json").read_text())
+    rows = json.loads((fixture_data / "feedback_24.json").read_text())
     whole = 0
     for row in rows:
         prompt, context, target = row["instruction"], row.get("context", ""), row["optimized_prompt"]
@@ -231,7 +231,7 @@ def test_masking_is_exact_with_the_embedded_models_tokenizer(embedded_tokenizer,
         if not example["target_truncated"]:
             whole += 1
             assert decode(tok, example["input_ids"][prompt_len(example):]) == target + tok.eos_token
-    assert whole > 290
+    assert whole == len(rows)  # real subword tokens: every fixture row fits whole
 
     prompt = "HEAD: what do owls eat? " + "filler words " * 400 + "TAIL: answer briefly."
     example = tokenize_pair(tok, template, prompt, "", TARGET, max_length=512)

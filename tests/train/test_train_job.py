@@ -197,7 +197,7 @@ def test_resubmitting_the_run_resumes_from_its_checkpoint(tmp_path, tiny_model_d
 # --- fast: every input shape reads into the same rows; the split is deterministic ---
 
 
-def test_reads_feedback_bpo_pairs_and_construct_output(tmp_path, bpo_data, tiny_model_dir, ray_local):
+def test_reads_feedback_bpo_pairs_and_construct_output(tmp_path, fixture_data, tiny_model_dir, ray_local):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -212,25 +212,25 @@ def test_reads_feedback_bpo_pairs_and_construct_output(tmp_path, bpo_data, tiny_
         {"id": "b", "key": "k2", "prompt": "p2", "context": "", "optimized_prompt": "o2", "model": "m"},
     ]), construct / "pairs" / "part-0.parquet")
     pq.write_table(pa.Table.from_pylist([{"id": "x", "reason": "r"}]), construct / "rejected" / "part-0.parquet")
-    rows = read_pairs([str(bpo_data / "feedback_val_300.json"), str(bpo_data / "bpo_test.json"), str(construct)],
-                      PairFields()).materialize()
+    rows = read_pairs([str(fixture_data / "feedback_24.json"), str(fixture_data / "pairs_bpo_test.json"),
+                       str(construct)], PairFields()).materialize()
     by_id = {r["id"]: r for r in rows.take_all()}
-    assert len(by_id) == 300 + 200 + 2
+    assert len(by_id) == 24 + 6 + 2
     assert by_id["a"] == {"id": "a", "prompt": "p1", "context": "c1", "optimized_prompt": "o1",
-                          "source": "part-0.parquet:0", "reason": ""}
+                          "source": "part-0.parquet:0", "status": "ok", "reason": ""}
     with_context = [r for r in by_id.values() if r["source"].startswith("feedback") and r["context"]]
     assert with_context and all(r["optimized_prompt"] for r in with_context)
     counts, _ = reason_counts(rows)
-    assert counts["ok"] + counts["rejected"] == 502
+    assert counts["ok"] + counts["rejected"] == 32
 
     def split():
         s = tokenize_and_split(rows, tokenizer_path=str(tiny_model_dir), template=OptimizerTemplate(),
                                max_length=1024, val_size=0.1, seed=3)
-        assert s.train_rows + s.val_rows + len(s.rejected) == s.rows_in == 502
+        assert s.train_rows + s.val_rows + len(s.rejected) == s.rows_in == 32
         return s
 
     first, second = split(), split()
-    assert first.val_rows >= 50  # 10%, plus any duplicates of a held-out pair
+    assert first.val_rows >= 3  # 10%, plus any duplicates of a held-out pair
     assert sorted(map(str, first.val.take_all())) == sorted(map(str, second.val.take_all()))
 
 
