@@ -4,7 +4,8 @@
 
 The server (bpo_ray.testing.scripted_server) answers every request after `--latency` seconds
 and returns 429 above `--limit` requests/s (sliding 1 s window). Two clients build pairs from
-the public BPO feedback (../shared/data/bpo):
+the public BPO feedback (`bpo:feedback_val` and `bpo:bpo_test`: $BPO_RAY_DATA_DIR, else
+../shared/data/bpo beside the repo, else downloaded once):
   (a) the original BPO way: one blocking request after another (openai sync client);
   (b) bpo-ray: `run_construct` on a local Ray (actor pool, async requests, shared limiter).
 Both rates are measured by the server (200 replies/s from first to last) in this one run.
@@ -73,12 +74,16 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from bpo_ray.testing.scripted_server import ScriptedOpenAIServer
 
-    feedback = json.loads((DATA / "feedback_val_300.json").read_text())
-    inputs = [str(DATA / "feedback_val_300.json"), str(DATA / "bpo_test.json")]
+    if DATA.is_dir():
+        os.environ.setdefault("BPO_RAY_DATA_DIR", str(DATA))
+    from bpo_ray.data.public import resolve_inputs
 
-    with ScriptedOpenAIServer(reply_fn=reply, latency_s=args.latency, rate_limit_rps=args.limit) as server:
+    inputs = resolve_inputs(["bpo:feedback_val", "bpo:bpo_test"])
+    feedback = json.loads(Path(inputs[0]).read_text())
+
+    with ScriptedOpenAIServer(reply_fn=reply, latency_s=args.latency, rate_limit_rps=args.limit, model="bench") as server:
         base = sequential_baseline(server.base_url, feedback[: args.baseline_rows], server)
-    with ScriptedOpenAIServer(reply_fn=reply, latency_s=args.latency, rate_limit_rps=args.limit) as server:
+    with ScriptedOpenAIServer(reply_fn=reply, latency_s=args.latency, rate_limit_rps=args.limit, model="bench") as server:
         import ray
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -105,19 +105,46 @@ def run_stage(plan: StagePlan) -> dict[str, Any]:
 
 
 def _run(plan: StagePlan, api_key: str | None) -> dict[str, Any]:
+    spec, cfg, stage = plan.spec, plan.config, plan.stage
+    rows_in, todo, input_schema = _pending_rows(plan)
+    schema = stage.output_schema(input_schema)
+    good_table, rejected_table = plan.output_table, OutputTable(REJECTED_TABLE, plan.rejected_columns)
+    tally = _Tally(stage, plan.counters)
+    writers = dict(fmt=cfg.output_format, flush_s=cfg.flush_s)
+    with TableWriter(cfg.output, good_table.name, schema=good_table.schema(schema), **writers) as good_out, \
+            TableWriter(cfg.output, REJECTED_TABLE, schema=rejected_table.schema(schema), **writers) as bad_out:
+        if todo.count():
+            for block in _start_pool(plan, todo, api_key).iter_batches(batch_format="pyarrow", batch_size=None):
+                ok = pc.equal(block.column("status"), STATUS_OK)
+                good, bad = block.filter(ok), block.filter(pc.invert(ok))
+                good_out.add(good_table.rows(good))
+                bad_out.add(rejected_table.rows(bad))
+                tally.add(block, good, bad)
+
+    summary = {
+        "output": cfg.output,
+        "model": spec.display_name(),
+        "rows_in": rows_in,
+        "rows_skipped": rows_in - todo.count(),
+        "rows_out": good_out.rows_written,
+        "rows_rejected": bad_out.rows_written,
+        **tally.summary(),
+    }
+    check_accounting(summary)
+    return summary
+
+
+def _pending_rows(plan: StagePlan):
+    """(rows in, the rows still to do, the input schema): read with every row keyed by its
+    content and the stage's settings, minus the keys the output folder already holds."""
     from ray.data.expressions import col
 
-    from bpo_ray.models.ratelimit import create_shared_limiter
-
-    spec, cfg, stage = plan.spec, plan.config, plan.stage
-    salt = settings_hash(stage.stage_name, spec.fingerprint(), plan.settings)
-    rows = plan.read(salt)
+    spec, cfg = plan.spec, plan.config
+    rows = plan.read(settings_hash(plan.stage.stage_name, spec.fingerprint(), plan.settings))
     if cfg.limit:
         rows = rows.limit(cfg.limit)
     rows = rows.materialize()  # read once: counted here, processed below
-    rows_in = rows.count()
-
-    # Resume: rows already done, or rejected for a reason a retry will not change.
+    # Done: rows already written, or rejected for a reason a retry will not change.
     done = done_keys(cfg.output, cfg.output_format, {
         plan.output_table.name: None,
         REJECTED_TABLE: lambda t: t.filter(pc.invert(t.column("retryable"))),
@@ -126,64 +153,65 @@ def _run(plan: StagePlan, api_key: str | None) -> dict[str, Any]:
     # One batch per block: a block's rows reach the ledger when its last row is done, so small
     # blocks keep what a kill loses small. Materialized before the pool starts: these CPU
     # tasks must not wait for CPUs the actors (or a model server on the node) already hold.
-    batch = spec.concurrency if spec.is_http else spec.batch_size
-    todo = todo.repartition(target_num_rows_per_block=batch).materialize()
-    todo_rows = todo.count()
+    todo = todo.repartition(target_num_rows_per_block=_batch_size(spec)).materialize()
+    return rows.count(), todo, rows.schema().base_schema
 
-    schema = stage.output_schema(rows.schema().base_schema)
-    good_table = plan.output_table
-    rejected_table = OutputTable(REJECTED_TABLE, plan.rejected_columns)
-    totals = dict.fromkeys(USAGE_TOTALS, 0)
-    counters = dict.fromkeys(plan.counters, 0)
-    retryable = 0
-    reasons: list[str] = []
-    writers = dict(fmt=cfg.output_format, flush_s=cfg.flush_s)
-    with TableWriter(cfg.output, good_table.name, schema=good_table.schema(schema), **writers) as good_out, \
-            TableWriter(cfg.output, REJECTED_TABLE, schema=rejected_table.schema(schema), **writers) as bad_out:
-        if todo_rows:
-            results = todo.map_batches(
-                stage,
-                fn_constructor_args=(spec.model_dump(),),
-                fn_constructor_kwargs={
-                    **plan.stage_kwargs,
-                    "rate_limiter": create_shared_limiter(spec.rate_limit.requests_per_s,
-                                                          spec.rate_limit.tokens_per_min) if spec.is_http else None,
-                    # The driver's key travels to actors on every node (their environments may
-                    # lack the variable); SecretStr keeps it out of reprs and logs.
-                    "api_key": SecretStr(api_key) if api_key else None,
-                },
-                batch_size=batch,
-                batch_format="pyarrow",
-                compute=_pool(spec, cfg),
-                **actor_resources(spec, cluster_gpus=cluster_gpus(), num_cpus=cfg.cpus_per_actor,
-                                  num_gpus=cfg.gpus_per_actor),
-            )
-            for block in results.iter_batches(batch_format="pyarrow", batch_size=None):
-                ok = pc.equal(block.column("status"), STATUS_OK)
-                good, bad = block.filter(ok), block.filter(pc.invert(ok))
-                good_out.add(good_table.rows(good))
-                bad_out.add(rejected_table.rows(bad))
-                for name in USAGE_TOTALS:
-                    totals[name] += pc.sum(block.column(stage.usage_column(name))).as_py() or 0
-                for name, column in plan.counters.items():
-                    counters[name] += pc.sum(pc.cast(good.column(column), pa.int64())).as_py() or 0
-                retryable += pc.sum(pc.cast(bad.column("retryable"), pa.int64())).as_py() or 0
-                reasons += bad.column("reason").to_pylist()
 
-    summary = {
-        "output": cfg.output,
-        "model": spec.display_name(),
-        "rows_in": rows_in,
-        "rows_skipped": rows_in - todo_rows,
-        "rows_out": good_out.rows_written,
-        "rows_rejected": bad_out.rows_written,
-        "rows_rejected_retryable": retryable,
-        **counters,
-        "reject_reasons": count_reasons(reasons),
-        **totals,
-    }
-    check_accounting(summary)
-    return summary
+def _start_pool(plan: StagePlan, todo, api_key: str | None):
+    """The stage's actor pool over `todo`: one backend per actor; HTTP actors share one rate
+    limiter and get the key from the driver; local-model actors reserve their device."""
+    from bpo_ray.models.ratelimit import create_shared_limiter
+
+    spec, cfg = plan.spec, plan.config
+    limiter = create_shared_limiter(spec.rate_limit.requests_per_s, spec.rate_limit.tokens_per_min) \
+        if spec.is_http else None
+    return todo.map_batches(
+        plan.stage,
+        fn_constructor_args=(spec.model_dump(),),
+        fn_constructor_kwargs={
+            **plan.stage_kwargs,
+            "rate_limiter": limiter,
+            # Actors on other nodes may lack the variable; SecretStr keeps the key out of
+            # reprs and logs, and it is never part of a runtime environment or job metadata.
+            "api_key": SecretStr(api_key) if api_key else None,
+        },
+        batch_size=_batch_size(spec),
+        batch_format="pyarrow",
+        compute=_pool(spec, cfg),
+        **actor_resources(spec, cluster_gpus=cluster_gpus(), num_cpus=cfg.cpus_per_actor,
+                          num_gpus=cfg.gpus_per_actor),
+    )
+
+
+def _batch_size(spec: ModelSpec) -> int:
+    return spec.concurrency if spec.is_http else spec.batch_size
+
+
+class _Tally:
+    """The summary's counts, block by block: usage, the stage's counters, rejections."""
+
+    def __init__(self, stage: type[ModelStage], counters: dict[str, str]):
+        self.stage, self.counters = stage, counters
+        self.usage = dict.fromkeys(USAGE_TOTALS, 0)
+        self.counts = dict.fromkeys(counters, 0)
+        self.retryable = 0
+        self.reasons: list[str] = []
+
+    def add(self, block: pa.Table, good: pa.Table, bad: pa.Table) -> None:
+        for name in USAGE_TOTALS:
+            self.usage[name] += _sum(block.column(self.stage.usage_column(name)))
+        for name, column in self.counters.items():
+            self.counts[name] += _sum(good.column(column))
+        self.retryable += _sum(bad.column("retryable"))
+        self.reasons += bad.column("reason").to_pylist()
+
+    def summary(self) -> dict[str, Any]:
+        return {"rows_rejected_retryable": self.retryable, **self.counts,
+                "reject_reasons": count_reasons(self.reasons), **self.usage}
+
+
+def _sum(column) -> int:
+    return pc.sum(pc.cast(column, pa.int64())).as_py() or 0
 
 
 def _pool(spec: ModelSpec, cfg: StageJobConfig):
