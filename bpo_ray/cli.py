@@ -7,7 +7,6 @@ descriptions, so the two never disagree.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bpo_ray.errors import BpoRayError
+from bpo_ray.terminal import console  # one stderr console for logs, progress and errors
 
 app = typer.Typer(
     name="bpo-ray",
@@ -26,7 +26,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
 
 
 def _model_overrides(prefix: str, *, model: str | None, base_url: str | None, api_key_env: str | None,
@@ -52,12 +51,9 @@ def _fail(exc: BpoRayError) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
+    from bpo_ray.terminal import setup_console_logging
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)], force=True)
-    for noisy in ("httpx", "openai", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_console_logging(verbose)
 
 
 def print_summary(title: str, summary: dict[str, Any]) -> None:

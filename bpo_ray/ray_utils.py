@@ -33,16 +33,34 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
 
     if ray.is_initialized():
         return
-    kwargs = {"log_to_driver": True}
+    # Ray's INFO lines and its workers' output (Serve access logs, Train reports) stay in the
+    # session's log folder (`ray logs`, the dashboard); the job prints its own progress, and a
+    # worker's failure still reaches the driver as the exception it raised.
+    kwargs = {"log_to_driver": False, "logging_level": logging.WARNING}
     join = address_to_join(address)
     if join == "local":
         ray.init(address=join, num_cpus=num_cpus, include_dashboard=False, **kwargs)
     else:
         ray.init(address=join, **kwargs)  # Ray refuses num_cpus for a cluster it joins
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars or execution plans on the terminal: each job shows one
+    progress line of its own (rows done, rejected, requests/s)."""
     import ray.data
 
-    # Row order matters to nobody downstream (rows carry ids) but the progress bars do.
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    from bpo_ray.terminal import quiet_ray_consoles
+
+    from ray.util.debug import log_once
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    # Ray Data warns once per process that its bars are off, which is our choice, not the
+    # user's problem: take that once here so it is never printed.
+    log_once("ray_data_progress_manager_disabled")
+    quiet_ray_consoles()
 
 
 def address_to_join(address: str | None, temp_dir: str | None = None) -> str:

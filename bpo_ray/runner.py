@@ -28,6 +28,7 @@ from bpo_ray.models.resources import actor_resources, cluster_gpus
 from bpo_ray.models.spec import ModelSpec
 from bpo_ray.models.stage import USAGE_TOTALS, ModelStage
 from bpo_ray.ray_utils import run_on_ray
+from bpo_ray.terminal import RowProgress, job_log_file
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ def run_stage(plan: StagePlan) -> dict[str, Any]:
     started = time.monotonic()
     spec, cfg = plan.spec, plan.config
     api_key = spec.api_key() if spec.is_http else None  # a missing key fails here
-    check_model(spec, api_key=api_key)  # a bad model, key or URL fails here, in seconds
-    summary = run_on_ray(cfg.ray_address, _run, plan, api_key)
+    with job_log_file(cfg.output, plan.stage.stage_name) as log_file:
+        check_model(spec, api_key=api_key)  # a bad model, key or URL fails here, in seconds
+        summary = run_on_ray(cfg.ray_address, _run, plan, api_key)
+    summary["log_file"] = log_file
     summary["wall_s"] = round(time.monotonic() - started, 2)
     summary["requests_per_s"] = round(summary["requests"] / summary["wall_s"], 2) if summary["wall_s"] else 0.0
     write_summary(cfg.output, summary)
@@ -114,12 +117,14 @@ def _run(plan: StagePlan, api_key: str | None) -> dict[str, Any]:
     with TableWriter(cfg.output, good_table.name, schema=good_table.schema(schema), **writers) as good_out, \
             TableWriter(cfg.output, REJECTED_TABLE, schema=rejected_table.schema(schema), **writers) as bad_out:
         if todo.count():
-            for block in _start_pool(plan, todo, api_key).iter_batches(batch_format="pyarrow", batch_size=None):
-                ok = pc.equal(block.column("status"), STATUS_OK)
-                good, bad = block.filter(ok), block.filter(pc.invert(ok))
-                good_out.add(good_table.rows(good))
-                bad_out.add(rejected_table.rows(bad))
-                tally.add(block, good, bad)
+            with RowProgress(stage.stage_name, todo.count()) as progress:
+                for block in _start_pool(plan, todo, api_key).iter_batches(batch_format="pyarrow", batch_size=None):
+                    ok = pc.equal(block.column("status"), STATUS_OK)
+                    good, bad = block.filter(ok), block.filter(pc.invert(ok))
+                    good_out.add(good_table.rows(good))
+                    bad_out.add(rejected_table.rows(bad))
+                    tally.add(block, good, bad)
+                    progress.advance(block.num_rows, bad.num_rows, _sum(block.column(stage.usage_column("requests"))))
 
     summary = {
         "output": cfg.output,
@@ -177,7 +182,7 @@ def _start_pool(plan: StagePlan, todo, api_key: str | None):
         },
         batch_size=_batch_size(spec),
         batch_format="pyarrow",
-        compute=_pool(spec, cfg),
+        compute=_pool(spec, cfg, blocks=todo.num_blocks()),
         **actor_resources(spec, cluster_gpus=cluster_gpus(), num_cpus=cfg.cpus_per_actor,
                           num_gpus=cfg.gpus_per_actor),
     )
@@ -214,15 +219,17 @@ def _sum(column) -> int:
     return pc.sum(pc.cast(column, pa.int64())).as_py() or 0
 
 
-def _pool(spec: ModelSpec, cfg: StageJobConfig):
+def _pool(spec: ModelSpec, cfg: StageJobConfig, *, blocks: int):
     import ray.data
 
+    # No more actors than blocks: an actor with nothing to do still loads its model.
+    size = max(1, min(cfg.num_actors or (2 if spec.is_http else 1), blocks))
     if spec.is_http:
         # Two blocks at once per actor: while one block's slowest requests finish, the next
         # block's rows already wait for the freed connection slots (the backend caps requests
         # in flight at spec.concurrency), so small blocks cost no throughput.
-        return ray.data.ActorPoolStrategy(size=cfg.num_actors or 2, max_concurrent_calls_per_actor=2)
-    return ray.data.ActorPoolStrategy(size=cfg.num_actors or 1)
+        return ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=2)
+    return ray.data.ActorPoolStrategy(size=size)
 
 
 def check_accounting(summary: dict[str, Any]) -> None:

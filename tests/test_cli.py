@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BPO_RAY = str(Path(sys.executable).with_name("bpo-ray"))
 
 
@@ -62,3 +64,24 @@ def test_job_entry_points_share_the_cli(tmp_path):
                               "--output", str(tmp_path), *flags], capture_output=True, text=True, timeout=120)
         assert out.returncode == 2, out.stderr
         assert ("deepspeed.zero_stage" if job == "train" else "model.concurrency") in out.stderr
+
+
+@pytest.mark.slow
+def test_a_run_shows_its_progress_and_summary_and_keeps_library_info_in_its_log_file(tmp_path):
+    from bpo_ray.testing.scripted_server import ScriptedOpenAIServer
+
+    def reply(body):
+        return "Comparison: fine.\nOptimized Instruction: Explain it step by step."
+
+    data = Path(__file__).resolve().parent / "fixtures" / "feedback_24.json"
+    with ScriptedOpenAIServer(reply_fn=reply) as srv:
+        out = subprocess.run([BPO_RAY, "construct", "--input", str(data), "--output", str(tmp_path / "out"),
+                              "--base-url", srv.base_url, "--model", "scripted", "--ray-address", "local"],
+                             capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    screen = out.stdout + out.stderr
+    assert "construct: 24/24 rows" in screen and "rows_out" in screen
+    for noise in ("execution finished", "Execution plan", "HTTP Request:", "Progress bars disabled"):
+        assert noise not in screen, noise
+    log = (tmp_path / "out" / "logs" / "construct.log").read_text()
+    assert "execution finished" in log and "HTTP Request: GET" in log

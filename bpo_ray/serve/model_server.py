@@ -18,6 +18,7 @@ from ray import serve
 from ray.serve import Application
 
 from bpo_ray.errors import ConfigError
+from bpo_ray.terminal import quiet_ray_consoles
 from bpo_ray.models import ChatRequest, ChatResult, ModelSpec, build_backend
 from bpo_ray.serve.openai_api import (
     ChatCompletionRequest, OpenAIError, check_model, install_error_handlers, model_json,
@@ -118,6 +119,7 @@ def start_model_server(spec: ModelSpec, *, host: str = "127.0.0.1", port: int = 
     """
     if not ray.is_initialized():
         ray.init()
+    quiet_ray_consoles()  # Serve's driver-side console logger (set up when ray.serve is imported)
     serve.start(http_options={"host": host, "port": port})
     app = build_model_app(spec, num_replicas=num_replicas, autoscaling=autoscaling,
                           num_cpus=num_cpus, num_gpus=num_gpus)

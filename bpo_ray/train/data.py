@@ -121,6 +121,8 @@ def tokenize_and_split(rows, *, tokenizer_path: str, template: OptimizerTemplate
     Both splits come back materialized: training workers then read blocks that already exist
     and need no CPUs for Ray Data tasks next to their own.
     """
+    from ray.data.expressions import col
+
     tokenized = rows.map_batches(
         _tokenize_usable,
         fn_kwargs={"tokenizer_path": tokenizer_path, "template_json": template.model_dump_json(),
@@ -135,9 +137,9 @@ def tokenize_and_split(rows, *, tokenizer_path: str, template: OptimizerTemplate
         raise ConfigError(f"input: no row fits training (max_length={max_length}; e.g. {top})")
     n_val = val_count(val_size, len(usable))
     threshold = int(usable["split_key"].nsmallest(n_val).iloc[-1])
-    ok = tokenized.filter(lambda r: r["status"] == STATUS_OK)
-    val = ok.filter(lambda r: r["split_key"] <= threshold).select_columns(TRAIN_COLUMNS).materialize()
-    train = ok.filter(lambda r: r["split_key"] > threshold).select_columns(TRAIN_COLUMNS).materialize()
+    ok = tokenized.filter(expr=col("status") == STATUS_OK)
+    val = ok.filter(expr=col("split_key") <= threshold).select_columns(TRAIN_COLUMNS).materialize()
+    train = ok.filter(expr=col("split_key") > threshold).select_columns(TRAIN_COLUMNS).materialize()
     train_rows = train.count()
     if train_rows == 0:
         raise ConfigError("val_size: every usable row went to validation (they are all one pair); lower val_size")
