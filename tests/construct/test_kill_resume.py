@@ -64,6 +64,7 @@ def test_kill_9_repays_only_the_last_seconds(tmp_path):
         # What was paid for but not saved: the rows in flight (at most two blocks of
         # CONCURRENCY rows) plus what finished during the last flush interval.
         lost = paid_before_kill - saved_rows
+        print(f"paid before the kill: {paid_before_kill}, saved: {saved_rows}, paid and lost: {lost}")
         assert lost <= 2 * CONCURRENCY + RATE * FLUSH_S + 10, (paid_before_kill, saved_rows)
 
         from bpo_ray.construct.config import ConstructConfig
