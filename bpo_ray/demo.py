@@ -73,8 +73,11 @@ def _train_optimizer(console: Console, construct: ConstructConfig, output: str, 
         console.print(f"[yellow]3/3 skipped:[/] {pairs} pairs; training needs at least {MIN_PAIRS_TO_TRAIN}")
         return {"skipped": f"{pairs} pairs < {MIN_PAIRS_TO_TRAIN}"}
     console.print("[bold]3/3[/] fine-tuning the embedded model on those pairs (Ray Train + DeepSpeed, 2 workers) …")
+    # Checkpoints live in the demo's folder: deleting it starts the demo over, training included
+    # (in ~/bpo-ray-runs a re-run would resume the finished run and train nothing).
     cfg = TrainConfig(input=[construct.output], output=f"{output.rstrip('/')}/optimizer", epochs=1,
-                      max_length=256, val_size=1, logging_steps=1, deepspeed={"micro_batch_per_gpu": 2})
+                      max_length=256, val_size=1, logging_steps=1, deepspeed={"micro_batch_per_gpu": 2},
+                      storage_path=f"{output.rstrip('/')}/train-runs", keep_checkpoints=1)
     result = run_train(cfg)
     console.print(f"     optimizer written to {cfg.output}")
     return {k: result.get(k) for k in ("finished", "rows_train", "rows_val", "step", "loss_first", "loss", "val_loss", "wall_s") if k in result}
