@@ -11,7 +11,6 @@ blocks finish, and DIR/summary.json with `rows_in = rows_skipped + rows_out + ro
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -29,8 +28,6 @@ from bpo_ray.models.spec import ModelSpec
 from bpo_ray.models.stage import USAGE_TOTALS, ModelStage
 from bpo_ray.ray_utils import run_on_ray
 from bpo_ray.terminal import RowProgress, job_log_file
-
-log = logging.getLogger(__name__)
 
 REJECTED_TABLE = "rejected"
 

@@ -122,11 +122,8 @@ class ModelStage(abc.ABC):
         return {self.usage_column(k): v for k, v in usage_totals(*results).items()} | {
             self.usage_column("model"): self.backend.model_name}
 
-    def reject(self, row: Row, reason: str, *, retryable: bool = False, usage: ChatResult | None = None) -> Row:
-        out = {**row, "status": STATUS_REJECTED, "reason": reason, "retryable": retryable}
-        if usage is not None:
-            out.update(self.usage(usage))
-        return out
+    def reject(self, row: Row, reason: str, *, retryable: bool = False) -> Row:
+        return {**row, "status": STATUS_REJECTED, "reason": reason, "retryable": retryable}
 
 
 def usage_totals(*results: ChatResult) -> Row:
