@@ -28,21 +28,43 @@ app = typer.Typer(
 )
 
 
-def _model_overrides(prefix: str, *, model: str | None, base_url: str | None, api_key_env: str | None,
-                     concurrency: int | None, batch_size: int | None, rate_limit: float | None,
-                     tokens_per_min: float | None, temperature: float | None,
-                     max_tokens: int | None) -> dict[str, Any]:
+PROVIDERS = ("local", "openai")  # vllm: reserved in ModelSpec, not in this build
+
+
+def _model_overrides(prefix: str, *, model: str | None = None, base_url: str | None = None,
+                     api_key_env: str | None = None, provider: str | None = None, concurrency: int | None = None,
+                     batch_size: int | None = None, rate_limit: float | None = None,
+                     tokens_per_min: float | None = None, temperature: float | None = None,
+                     max_tokens: int | None = None) -> dict[str, Any]:
+    if provider is not None and provider not in PROVIDERS:
+        raise typer.BadParameter(f"{provider!r} is not one of {', '.join(PROVIDERS)}", param_hint="--provider")
     overrides = {
         f"{prefix}.model": model, f"{prefix}.base_url": base_url, f"{prefix}.api_key_env": api_key_env,
         f"{prefix}.concurrency": concurrency, f"{prefix}.batch_size": batch_size,
         f"{prefix}.rate_limit.requests_per_s": rate_limit,
         f"{prefix}.rate_limit.tokens_per_min": tokens_per_min, f"{prefix}.sampling.temperature": temperature,
         f"{prefix}.sampling.max_tokens": max_tokens,
+        # An endpoint means the HTTP backend unless --provider says otherwise.
+        f"{prefix}.provider": provider or ("openai" if base_url else None),
     }
-    if base_url:
-        # An endpoint means the HTTP backend; no extra flag to remember.
-        overrides[f"{prefix}.provider"] = "openai"
     return overrides
+
+
+def _fields(prompt_field: str | None, context_field: str | None, id_field: str | None) -> dict[str, Any]:
+    return {"fields.prompt": [prompt_field] if prompt_field else None,
+            "fields.context": [context_field] if context_field else None,
+            "fields.id": [id_field] if id_field else None}
+
+
+def _run_job(title: str, config_cls: Any, config: Path | None, overrides: dict[str, Any], run: Any) -> None:
+    """Load the config (file + flags), run the job, print its summary; a BpoRayError is one line."""
+    from bpo_ray.config import load_config
+
+    try:
+        summary = run(load_config(config_cls, config, overrides))
+    except BpoRayError as exc:
+        _fail(exc)
+    print_summary(title, summary)
 
 
 def _fail(exc: BpoRayError) -> None:
@@ -63,45 +85,203 @@ def print_summary(title: str, summary: dict[str, Any]) -> None:
     Console().print(table)
 
 
+# Options several verbs share (typer reads them from each signature).
+OUTPUT = typer.Option(None, "--output", "-o", help="Output folder; re-running into it resumes.")
+CONFIG = typer.Option(None, "--config", "-c", help="YAML config; flags override it.")
+BASE_URL = typer.Option(None, help="OpenAI-compatible API base URL (…/v1); selects the HTTP backend.")
+API_KEY_ENV = typer.Option(None, help="Env var holding the API key (default: OPENAI_API_KEY).")
+PROVIDER = typer.Option(None, help="local (transformers in-process) or openai (any OpenAI-compatible API; "
+                        "the default with --base-url).")
+CONCURRENCY = typer.Option(None, help="HTTP requests in flight per actor (default: 64, 2 actors).")
+BATCH_SIZE = typer.Option(None, help="Prompts per generate call of a local model (default: 16).")
+RATE_LIMIT = typer.Option(None, help="Requests per second over the whole job.")
+LIMIT = typer.Option(None, help="Use only the first N input rows.")
+NUM_ACTORS = typer.Option(None, help="Stage actors (default: 2 for HTTP, 1 for local).")
+FORMAT = typer.Option(None, "--format", help="parquet (default) or jsonl.")
+RAY_ADDRESS = typer.Option(None, help="Ray cluster to join (default: RAY_ADDRESS, else local).")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Debug logging.")
+PROMPT_FIELD = typer.Option(None, help="Input field with the prompt (default: prompt|instruction|text|question|turns).")
+CONTEXT_FIELD = typer.Option(None, help="Input field with the context (default: context|input).")
+ID_FIELD = typer.Option(None, help="Input field with the row id (default: id|idx|question_id).")
+
+
+def _job_overrides(*, input: list[str] | None, output: str | None, limit: int | None, num_actors: int | None,
+                   output_format: str | None, ray_address: str | None) -> dict[str, Any]:
+    return {"input": input or None, "output": output, "limit": limit, "num_actors": num_actors,
+            "output_format": output_format, "ray_address": ray_address}
+
+
 @app.command()
 def construct(
     input: list[str] = typer.Option(None, "--input", "-i", help="Feedback files or folders (repeatable). " "JSON, JSONL, Parquet; paths or URIs."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder; re-running resumes."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; flags override it."),
+    output: Optional[str] = OUTPUT,
+    config: Optional[Path] = CONFIG,
     model: Optional[str] = typer.Option(None, help="Model name, HF folder, or 'embedded' (default)."),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible API base URL (…/v1); selects the HTTP backend."),
-    api_key_env: Optional[str] = typer.Option(None, help="Env var holding the API key (default: OPENAI_API_KEY)."),
-    concurrency: Optional[int] = typer.Option(None, help="HTTP requests in flight per actor (default: 64, 2 actors)."),
-    batch_size: Optional[int] = typer.Option(None, help="Prompts per generate call of a local model (default: 16)."),
-    rate_limit: Optional[float] = typer.Option(None, help="Requests per second over the whole job."),
+    base_url: Optional[str] = BASE_URL,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    provider: Optional[str] = PROVIDER,
+    concurrency: Optional[int] = CONCURRENCY,
+    batch_size: Optional[int] = BATCH_SIZE,
+    rate_limit: Optional[float] = RATE_LIMIT,
     tokens_per_min: Optional[float] = typer.Option(None, help="Tokens per minute over the whole job."),
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default: 0, greedy)."),
     max_tokens: Optional[int] = typer.Option(None, help="Most tokens per reply (default: 256)."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N input rows."),
-    num_actors: Optional[int] = typer.Option(None, help="Stage actors (default: 2 for HTTP, 1 for local)."),
-    output_format: Optional[str] = typer.Option(None, "--format", help="parquet (default) or jsonl."),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: RAY_ADDRESS, else local)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    limit: Optional[int] = LIMIT,
+    num_actors: Optional[int] = NUM_ACTORS,
+    output_format: Optional[str] = FORMAT,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    verbose: bool = VERBOSE,
 ) -> None:
     """Build (prompt, optimized prompt) pairs from pairwise feedback with an LLM."""
-    from bpo_ray.config import load_config
     from bpo_ray.construct.config import ConstructConfig
+    from bpo_ray.construct.job import run_construct
 
     _setup_logging(verbose)
-    overrides = {"input": input or None, "output": output, "limit": limit, "num_actors": num_actors,
-                 "output_format": output_format, "ray_address": ray_address,
+    overrides = {**_job_overrides(input=input, output=output, limit=limit, num_actors=num_actors,
+                                  output_format=output_format, ray_address=ray_address),
                  **_model_overrides("model", model=model, base_url=base_url, api_key_env=api_key_env,
-                                    concurrency=concurrency, batch_size=batch_size, rate_limit=rate_limit,
-                                    tokens_per_min=tokens_per_min,
+                                    provider=provider, concurrency=concurrency, batch_size=batch_size,
+                                    rate_limit=rate_limit, tokens_per_min=tokens_per_min,
                                     temperature=temperature, max_tokens=max_tokens)}
-    try:
-        cfg = load_config(ConstructConfig, config, overrides)
-        from bpo_ray.construct.job import run_construct
+    _run_job("construct summary", ConstructConfig, config, overrides, run_construct)
 
-        summary = run_construct(cfg)
-    except BpoRayError as exc:
-        _fail(exc)
-    print_summary("construct summary", summary)
+
+@app.command()
+def optimize(
+    input: list[str] = typer.Option(None, "--input", "-i", help="Prompt files or folders (repeatable): test sets, "
+                                    "instruction data, a job's output; JSON, JSONL, Parquet, or bpo:NAME."),
+    output: Optional[str] = OUTPUT,
+    config: Optional[Path] = CONFIG,
+    optimizer: Optional[str] = typer.Option(None, help="A `bpo-ray train` folder, a plain HF folder, 'embedded' "
+                                            "(default), or a model name behind --base-url."),
+    template: Optional[str] = typer.Option(None, help="Prompt layout: bpo-ray, chat, bpo-llama2 (the released BPO "
+                                           "model's) or a bpo_template.json (default: the optimizer folder's own)."),
+    mode: Optional[str] = typer.Option(None, help="stable (default; the paper's sampling), aggressive, greedy."),
+    candidates: Optional[int] = typer.Option(None, help="Aggressive mode: samples per prompt (default: 5)."),
+    keep_all: Optional[bool] = typer.Option(None, "--keep-all", help="Aggressive mode: keep every usable candidate too."),
+    min_similarity: Optional[float] = typer.Option(None, help="Semantic gate: reject rewrites whose embedding "
+                                                   "similarity to the prompt is below this (0-1)."),
+    base_url: Optional[str] = BASE_URL,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    provider: Optional[str] = PROVIDER,
+    prompt_field: Optional[str] = PROMPT_FIELD,
+    context_field: Optional[str] = CONTEXT_FIELD,
+    id_field: Optional[str] = ID_FIELD,
+    concurrency: Optional[int] = CONCURRENCY,
+    batch_size: Optional[int] = BATCH_SIZE,
+    rate_limit: Optional[float] = RATE_LIMIT,
+    max_tokens: Optional[int] = typer.Option(None, help="Most tokens per rewrite (default: 512)."),
+    limit: Optional[int] = LIMIT,
+    num_actors: Optional[int] = NUM_ACTORS,
+    output_format: Optional[str] = FORMAT,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Rewrite prompts with the prompt optimizer (the paper's inference, in bulk)."""
+    from bpo_ray.optimize.config import OptimizeConfig
+    from bpo_ray.optimize.job import run_optimize
+
+    _setup_logging(verbose)
+    overrides = {**_job_overrides(input=input, output=output, limit=limit, num_actors=num_actors,
+                                  output_format=output_format, ray_address=ray_address),
+                 **_model_overrides("optimizer", model=optimizer, base_url=base_url, api_key_env=api_key_env,
+                                    provider=provider, concurrency=concurrency, batch_size=batch_size,
+                                    rate_limit=rate_limit, max_tokens=max_tokens),
+                 **_fields(prompt_field, context_field, id_field),
+                 "template": template, "mode": mode, "candidates": candidates, "keep_all": keep_all,
+                 "semantic_gate.min_similarity": min_similarity}
+    _run_job("optimize summary", OptimizeConfig, config, overrides, run_optimize)
+
+
+def _targets(targets: list[str] | None, **model_flags: Any) -> list[dict] | None:
+    """--target flags as target specs, each with the other model flags; None keeps the config's."""
+    from bpo_ray.config import set_dotted
+
+    if not targets:
+        return None
+    out = []
+    for target in targets:
+        flat = _model_overrides("t", model=target, **model_flags)
+        spec: dict[str, Any] = {}
+        for dotted, value in flat.items():
+            if value is not None:
+                set_dotted(spec, dotted.removeprefix("t."), value)
+        out.append(spec)
+    return out
+
+
+@app.command()
+def generate(
+    input: list[str] = typer.Option(None, "--input", "-i", help="optimize's output folder, or files with a prompt "
+                                    "and an optimized_prompt (repeatable)."),
+    output: Optional[str] = OUTPUT,
+    config: Optional[Path] = CONFIG,
+    target: list[str] = typer.Option(None, "--target", "-t", help="Target model (repeatable): HF folder, 'embedded' "
+                                     "(default), or a model name behind --base-url. Per-target endpoints: --config."),
+    base_url: Optional[str] = BASE_URL,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    provider: Optional[str] = PROVIDER,
+    system_prompt: Optional[str] = typer.Option(None, help="System message before every prompt (both kinds)."),
+    concurrency: Optional[int] = CONCURRENCY,
+    batch_size: Optional[int] = BATCH_SIZE,
+    rate_limit: Optional[float] = RATE_LIMIT,
+    temperature: Optional[float] = typer.Option(None, help="Target sampling temperature (default: 0.7, the paper's)."),
+    max_tokens: Optional[int] = typer.Option(None, help="Most tokens per answer (default: 1024)."),
+    limit: Optional[int] = LIMIT,
+    num_actors: Optional[int] = NUM_ACTORS,
+    output_format: Optional[str] = FORMAT,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Answer each row's original and optimized prompt with one or more target models."""
+    from bpo_ray.generate.config import GenerateConfig
+    from bpo_ray.generate.job import run_generate
+
+    _setup_logging(verbose)
+    overrides = {**_job_overrides(input=input, output=output, limit=limit, num_actors=num_actors,
+                                  output_format=output_format, ray_address=ray_address),
+                 "targets": _targets(target, base_url=base_url, api_key_env=api_key_env, provider=provider,
+                                     concurrency=concurrency, batch_size=batch_size, rate_limit=rate_limit,
+                                     temperature=temperature, max_tokens=max_tokens),
+                 "system_prompt": system_prompt}
+    _run_job("generate summary", GenerateConfig, config, overrides, run_generate)
+
+
+@app.command("sft-rewrite")
+def sft_rewrite(
+    input: list[str] = typer.Option(None, "--input", "-i", help="Instruction data (instruction, input, output), "
+                                    "repeatable; JSON, JSONL, Parquet."),
+    output: Optional[str] = OUTPUT,
+    config: Optional[Path] = CONFIG,
+    optimizer: Optional[str] = typer.Option(None, help="The prompt optimizer (local folder or 'embedded')."),
+    template: Optional[str] = typer.Option(None, help="Optimizer prompt layout (default: the folder's own)."),
+    mode: Optional[str] = typer.Option(None, help="stable (default), aggressive, greedy."),
+    target: Optional[str] = typer.Option(None, help="The model that writes `res`: HF folder, 'embedded', or a "
+                                         "model name behind --base-url."),
+    base_url: Optional[str] = typer.Option(None, help="The target's OpenAI-compatible API base URL (…/v1)."),
+    api_key_env: Optional[str] = API_KEY_ENV,
+    provider: Optional[str] = typer.Option(None, help="The target's provider: local or openai."),
+    concurrency: Optional[int] = CONCURRENCY,
+    rate_limit: Optional[float] = RATE_LIMIT,
+    max_tokens: Optional[int] = typer.Option(None, help="Most tokens per answer (default: 1024)."),
+    limit: Optional[int] = LIMIT,
+    output_format: Optional[str] = FORMAT,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Build BPO-improved SFT data: optimize each instruction, then answer the optimized one (one plan)."""
+    from bpo_ray.sft_rewrite.config import SftRewriteConfig
+    from bpo_ray.sft_rewrite.job import run_sft_rewrite
+
+    _setup_logging(verbose)
+    overrides = {**_job_overrides(input=input, output=output, limit=limit, num_actors=None,
+                                  output_format=output_format, ray_address=ray_address),
+                 **_model_overrides("optimizer", model=optimizer),
+                 **_model_overrides("target", model=target, base_url=base_url, api_key_env=api_key_env,
+                                    provider=provider, concurrency=concurrency, rate_limit=rate_limit,
+                                    max_tokens=max_tokens),
+                 "template": template, "mode": mode}
+    _run_job("sft-rewrite summary", SftRewriteConfig, config, overrides, run_sft_rewrite)
 
 
 @app.command()
@@ -158,7 +338,7 @@ def serve_model(
         url = start_model_server(spec, host=host, port=port, num_replicas=replicas, num_gpus=gpus)
     except BpoRayError as exc:
         _fail(exc)
-    console.print(f"[green]serving[/] {model} at {url}  (GET {url}/models, POST {url}/chat/completions)")
+    console.print(f"[green]serving[/] {model} at {url}  (GET {url}/models, POST {url}/chat/completions, POST {url}/completions)")
     try:
         while True:
             time.sleep(3600)

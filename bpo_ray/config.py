@@ -32,14 +32,14 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         data = loaded or {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(data, dotted, value)
+            set_dotted(data, dotted, value)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source=str(path) if path else None)) from None
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = data
     for part in parents:

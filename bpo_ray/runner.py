@@ -19,9 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from bpo_ray.data.ledger import OutputFormat, TableWriter, done_keys, settings_hash, write_summary
+from bpo_ray.data.ledger import (
+    OutputFormat,
+    TableWriter,
+    done_keys,
+    settings_hash,
+    write_summary,
+)
 from bpo_ray.data.rows import STATUS_OK, count_reasons
-from bpo_ray.errors import BpoRayError
+from bpo_ray.errors import BpoRayError, InputError
 from bpo_ray.models import check_model
 from bpo_ray.models.resources import actor_resources, cluster_gpus
 from bpo_ray.models.spec import ModelSpec
@@ -56,18 +62,36 @@ class StageJobConfig(BaseModel):
 @dataclass
 class OutputTable:
     """One table of the ledger: its folder name and columns (input names; `rename` maps a
-    column to the name it gets in this table)."""
+    column to the name it gets in this table). No `columns`: every column but `exclude`, for
+    stages that carry their input's own columns through."""
 
     name: str
-    columns: list[str]
+    columns: list[str] | None = None
     rename: dict[str, str] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+
+    def names(self, full: pa.Schema) -> list[str]:
+        if self.columns is not None:
+            return self.columns
+        return [n for n in full.names if n not in self.exclude]
 
     def schema(self, full: pa.Schema) -> pa.Schema:
-        return pa.schema([pa.field(self.rename.get(c, c), full.field(c).type) for c in self.columns])
+        return pa.schema([pa.field(self.rename.get(c, c), full.field(c).type) for c in self.names(full)])
 
     def rows(self, batch: pa.Table) -> list[dict]:
-        picked = batch.select(self.columns)
-        return picked.rename_columns([self.rename.get(c, c) for c in self.columns]).to_pylist()
+        names = self.names(batch.schema)
+        return batch.select(names).rename_columns([self.rename.get(c, c) for c in names]).to_pylist()
+
+
+@dataclass
+class StageStep:
+    """One model stage of a job: its class, its model and its constructor arguments."""
+
+    stage: type[ModelStage]
+    spec: ModelSpec
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    """With `StagePlan.route_by`: the value of that column whose rows this step takes."""
 
 
 @dataclass
@@ -75,57 +99,80 @@ class StagePlan:
     """What a stage supplies to the runner."""
 
     config: StageJobConfig
-    spec: ModelSpec
-    stage: type[ModelStage]
+    steps: list[StageStep]
+    """One step, or a chain (sft-rewrite: optimizer, then target), each step's rows the next's
+    input; with `route_by`, a fan-out instead (generate: one step per target)."""
     read: Callable[[str], Any]
     """key salt -> Ray Dataset of rows with id, key (content hash + salt), status, reason."""
     output_table: OutputTable
-    rejected_columns: list[str]
+    rejected_table: OutputTable
     settings: dict[str, Any] = field(default_factory=dict)
-    """Everything besides the model that changes an output (prompt texts, filters, repair):
+    """Everything besides the models that changes an output (prompt texts, filters, repair):
     hashed into every row's key, so changing any of it redoes the rows."""
-    stage_kwargs: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, str] = field(default_factory=dict)
     """Extra summary counts: summary name -> boolean column summed over good rows."""
+    route_by: str | None = None
+    """Fan-out: each row goes to the step named by this column. The reader then keys each
+    row with its own step's model (the salt covers only `settings`)."""
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(dict.fromkeys(step.stage.stage_name for step in self.steps))
+
+    def salt(self) -> str:
+        if self.route_by:
+            return settings_hash(*self.stage_names, self.settings)
+        models = [part for s in self.steps for part in (s.stage.stage_name, s.spec.fingerprint())]
+        return settings_hash(*models, self.settings)
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        for stage in dict.fromkeys(step.stage for step in self.steps):
+            input_schema = stage.output_schema(input_schema)
+        return input_schema
 
 
 def run_stage(plan: StagePlan) -> dict[str, Any]:
     """Run a stage job end to end; returns (and writes to DIR/summary.json) its summary."""
     started = time.monotonic()
-    spec, cfg = plan.spec, plan.config
-    api_key = spec.api_key() if spec.is_http else None  # a missing key fails here
-    with job_log_file(cfg.output, plan.stage.stage_name) as log_file:
-        check_model(spec, api_key=api_key)  # a bad model, key or URL fails here, in seconds
-        summary = run_on_ray(cfg.ray_address, _run, plan, api_key)
+    cfg = plan.config
+    # A missing key, model, or URL fails here, in seconds, before Ray starts.
+    api_keys = [step.spec.api_key() if step.spec.is_http else None for step in plan.steps]
+    with job_log_file(cfg.output, "-".join(plan.stage_names)) as log_file:
+        for step, key in zip(plan.steps, api_keys):
+            check_model(step.spec, api_key=key)
+        summary = run_on_ray(cfg.ray_address, _run, plan, api_keys)
     summary["log_file"] = log_file
     summary["wall_s"] = round(time.monotonic() - started, 2)
-    summary["requests_per_s"] = round(summary["requests"] / summary["wall_s"], 2) if summary["wall_s"] else 0.0
+    wall = summary["wall_s"] or float("inf")
+    summary["requests_per_s"] = round(summary["requests"] / wall, 2)
+    summary["tokens"] = summary["prompt_tokens"] + summary["completion_tokens"]
+    summary["tokens_per_s"] = round(summary["completion_tokens"] / wall, 2)  # generated tokens
     write_summary(cfg.output, summary)
     return summary
 
 
-def _run(plan: StagePlan, api_key: str | None) -> dict[str, Any]:
-    spec, cfg, stage = plan.spec, plan.config, plan.stage
+def _run(plan: StagePlan, api_keys: list[str | None]) -> dict[str, Any]:
+    cfg = plan.config
     rows_in, todo, input_schema = _pending_rows(plan)
-    schema = stage.output_schema(input_schema)
-    good_table, rejected_table = plan.output_table, OutputTable(REJECTED_TABLE, plan.rejected_columns)
-    tally = _Tally(stage, plan.counters)
+    schema = plan.output_schema(input_schema)
+    good_table, rejected_table = plan.output_table, plan.rejected_table
+    tally = _Tally(plan.steps, plan.counters)
     writers = dict(fmt=cfg.output_format, flush_s=cfg.flush_s)
     with TableWriter(cfg.output, good_table.name, schema=good_table.schema(schema), **writers) as good_out, \
-            TableWriter(cfg.output, REJECTED_TABLE, schema=rejected_table.schema(schema), **writers) as bad_out:
+            TableWriter(cfg.output, rejected_table.name, schema=rejected_table.schema(schema), **writers) as bad_out:
         if todo.count():
-            with RowProgress(stage.stage_name, todo.count()) as progress:
-                for block in _start_pool(plan, todo, api_key).iter_batches(batch_format="pyarrow", batch_size=None):
+            with RowProgress("-".join(plan.stage_names), todo.count()) as progress:
+                for block in _pipeline(plan, todo, api_keys).iter_batches(batch_format="pyarrow", batch_size=None):
                     ok = pc.equal(block.column("status"), STATUS_OK)
                     good, bad = block.filter(ok), block.filter(pc.invert(ok))
                     good_out.add(good_table.rows(good))
                     bad_out.add(rejected_table.rows(bad))
-                    tally.add(block, good, bad)
-                    progress.advance(block.num_rows, bad.num_rows, _sum(block.column(stage.usage_column("requests"))))
+                    requests = tally.add(block, good, bad)
+                    progress.advance(block.num_rows, bad.num_rows, requests)
 
     summary = {
         "output": cfg.output,
-        "model": spec.display_name(),
+        "model": ", ".join(step.spec.display_name() for step in plan.steps),
         "rows_in": rows_in,
         "rows_skipped": rows_in - todo.count(),
         "rows_out": good_out.rows_written,
@@ -141,37 +188,69 @@ def _pending_rows(plan: StagePlan):
     content and the stage's settings, minus the keys the output folder already holds."""
     from ray.data.expressions import col
 
-    spec, cfg = plan.spec, plan.config
-    rows = plan.read(settings_hash(plan.stage.stage_name, spec.fingerprint(), plan.settings))
+    cfg = plan.config
+    rows = plan.read(plan.salt())
     if cfg.limit:
         rows = rows.limit(cfg.limit)
     rows = rows.materialize()  # read once: counted here, processed below
     # Done: rows already written, or rejected for a reason a retry will not change.
     done = done_keys(cfg.output, cfg.output_format, {
         plan.output_table.name: None,
-        REJECTED_TABLE: lambda t: t.filter(pc.invert(t.column("retryable"))),
+        plan.rejected_table.name: lambda t: t.filter(pc.invert(t.column("retryable"))),
     })
     todo = rows.filter(expr=col("key").not_in(sorted(done))) if done else rows
     # One batch per block: a block's rows reach the ledger when its last row is done, so small
     # blocks keep what a kill loses small. Materialized before the pool starts: these CPU
     # tasks must not wait for CPUs the actors (or a model server on the node) already hold.
-    todo = todo.repartition(target_num_rows_per_block=_batch_size(spec)).materialize()
-    return rows.count(), todo, rows.schema().base_schema
+    todo = todo.repartition(target_num_rows_per_block=_batch_size(plan.steps[0].spec)).materialize()
+    return rows.count(), todo, _input_schema(rows)
 
 
-def _start_pool(plan: StagePlan, todo, api_key: str | None):
-    """The stage's actor pool over `todo`: one backend per actor; HTTP actors share one rate
+def _input_schema(rows) -> pa.Schema:
+    """Every column of every input block: files of one job may carry different columns (a
+    column missing from a file is null in its rows). A column whose type differs between files
+    cannot be stored as one: a clear error instead of a failed write later."""
+    per_block = rows.map_batches(_block_schema, batch_format="pyarrow", batch_size=None).take_all()
+    schemas = [pa.ipc.read_schema(pa.py_buffer(r["schema"])) for r in per_block]
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive") if schemas else rows.schema().base_schema
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        raise InputError(f"input: a column has different types in different input files ({exc}); "
+                         "convert it, or read the files in separate jobs") from None
+
+
+def _block_schema(block: pa.Table) -> pa.Table:
+    # A materialized dataset reports its first block's schema only; ask every block.
+    return pa.table({"schema": [block.schema.serialize().to_pybytes()]})
+
+
+def _pipeline(plan: StagePlan, todo, api_keys: list[str | None]):
+    """The job's actor pools over `todo`: chained, or one branch per routed step."""
+    from ray.data.expressions import col
+
+    blocks = todo.num_blocks()  # materialized: no pool needs more actors than this
+    if plan.route_by:
+        branches = [_start_pool(plan, step, todo.filter(expr=col(plan.route_by) == step.name), key, blocks)
+                    for step, key in zip(plan.steps, api_keys)]
+        return branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
+    for step, key in zip(plan.steps, api_keys):
+        todo = _start_pool(plan, step, todo, key, blocks)
+    return todo
+
+
+def _start_pool(plan: StagePlan, step: StageStep, rows, api_key: str | None, blocks: int):
+    """One step's actor pool over `rows`: one backend per actor; HTTP actors share one rate
     limiter and get the key from the driver; local-model actors reserve their device."""
     from bpo_ray.models.ratelimit import create_shared_limiter
 
-    spec, cfg = plan.spec, plan.config
+    spec, cfg = step.spec, plan.config
     limiter = create_shared_limiter(spec.rate_limit.requests_per_s, spec.rate_limit.tokens_per_min) \
         if spec.is_http else None
-    return todo.map_batches(
-        plan.stage,
+    return rows.map_batches(
+        step.stage,
         fn_constructor_args=(spec.model_dump(),),
         fn_constructor_kwargs={
-            **plan.stage_kwargs,
+            **step.kwargs,
             "rate_limiter": limiter,
             # Actors on other nodes may lack the variable; SecretStr keeps the key out of
             # reprs and logs, and it is never part of a runtime environment or job metadata.
@@ -179,7 +258,7 @@ def _start_pool(plan: StagePlan, todo, api_key: str | None):
         },
         batch_size=_batch_size(spec),
         batch_format="pyarrow",
-        compute=_pool(spec, cfg, blocks=todo.num_blocks()),
+        compute=_pool(spec, cfg, blocks=blocks),
         **actor_resources(spec, cluster_gpus=cluster_gpus(), num_cpus=cfg.cpus_per_actor,
                           num_gpus=cfg.gpus_per_actor),
     )
@@ -190,22 +269,27 @@ def _batch_size(spec: ModelSpec) -> int:
 
 
 class _Tally:
-    """The summary's counts, block by block: usage, the stage's counters, rejections."""
+    """The summary's counts, block by block: usage (over every stage of the job), the stage's
+    counters, rejections."""
 
-    def __init__(self, stage: type[ModelStage], counters: dict[str, str]):
-        self.stage, self.counters = stage, counters
+    def __init__(self, steps: list[StageStep], counters: dict[str, str]):
+        self.stages = list(dict.fromkeys(step.stage for step in steps))
+        self.counters = counters
         self.usage = dict.fromkeys(USAGE_TOTALS, 0)
         self.counts = dict.fromkeys(counters, 0)
         self.retryable = 0
         self.reasons: list[str] = []
 
-    def add(self, block: pa.Table, good: pa.Table, bad: pa.Table) -> None:
+    def add(self, block: pa.Table, good: pa.Table, bad: pa.Table) -> int:
+        """Count one block; returns the model requests it took."""
+        before = self.usage["requests"]
         for name in USAGE_TOTALS:
-            self.usage[name] += _sum(block.column(self.stage.usage_column(name)))
+            self.usage[name] += sum(_sum(block.column(stage.usage_column(name))) for stage in self.stages)
         for name, column in self.counters.items():
             self.counts[name] += _sum(good.column(column))
         self.retryable += _sum(bad.column("retryable"))
         self.reasons += bad.column("reason").to_pylist()
+        return self.usage["requests"] - before
 
     def summary(self) -> dict[str, Any]:
         return {"rows_rejected_retryable": self.retryable, **self.counts,

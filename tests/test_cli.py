@@ -16,7 +16,7 @@ def run(*args):
 def test_help_lists_the_verbs():
     out = run("--help")
     assert out.returncode == 0
-    for verb in ("construct", "train", "serve-model", "demo"):
+    for verb in ("construct", "train", "optimize", "generate", "sft-rewrite", "serve-model", "demo"):
         assert verb in out.stdout
 
 
@@ -26,6 +26,21 @@ def test_construct_help_shows_flags_and_defaults():
     for flag in ("--input", "--output", "--model", "--base-url", "--api-key-env", "--concurrency", "--batch-size",
                  "--rate-limit", "--limit", "--config", "default: 16"):
         assert flag in out.stdout
+
+
+def test_optimize_and_generate_help_show_their_flags():
+    optimize = run("optimize", "--help").stdout
+    for flag in ("--optimizer", "--template", "--mode", "--provider", "--prompt-field", "--context-field",
+                 "--id-field", "--keep-all", "--min-similarity", "--concurrency", "bpo-llama2"):
+        assert flag in optimize, flag
+    generate = run("generate", "--help").stdout
+    for flag in ("--target", "--base-url", "--provider", "--system-prompt", "--max-tokens"):
+        assert flag in generate, flag
+
+
+def test_unknown_provider_is_refused_naming_the_choices(tmp_path):
+    out = run("optimize", "--input", "x.json", "--output", str(tmp_path), "--provider", "vllm")
+    assert out.returncode == 2 and "local, openai" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_bad_setting_is_one_clear_line(tmp_path):
@@ -59,11 +74,15 @@ def test_train_bad_setting_fails_before_any_worker(tmp_path):
 
 def test_job_entry_points_share_the_cli(tmp_path):
     root = Path(__file__).resolve().parents[1]
-    for job, flags in (("train", ["--zero-stage", "5"]), ("construct", ["--concurrency", "0"])):
+    for job, flags, setting in (("train", ["--zero-stage", "5"], "deepspeed.zero_stage"),
+                                ("construct", ["--concurrency", "0"], "model.concurrency"),
+                                ("optimize", ["--mode", "wild"], "mode"),
+                                ("generate", ["--target", "embedded", "--max-tokens", "0"], "targets.0.sampling.max_tokens"),
+                                ("sft_rewrite", ["--concurrency", "0"], "target.concurrency")):
         out = subprocess.run([sys.executable, str(root / "jobs" / f"{job}.py"), "--input", "x.json",
                               "--output", str(tmp_path), *flags], capture_output=True, text=True, timeout=120)
         assert out.returncode == 2, out.stderr
-        assert ("deepspeed.zero_stage" if job == "train" else "model.concurrency") in out.stderr
+        assert setting in out.stderr, (job, out.stderr)
 
 
 @pytest.mark.slow

@@ -31,6 +31,22 @@ def test_repo_train_configs_validate(path):
     assert ds["train_batch_size"] == cfg.deepspeed.micro_batch_per_gpu * cfg.num_workers
 
 
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("optimize-*.yaml")), ids=lambda p: p.name)
+def test_repo_optimize_configs_validate(path):
+    from bpo_ray.optimize.config import OptimizeConfig
+
+    cfg = load_config(OptimizeConfig, path, {"input": ["x.jsonl"], "output": "out"})
+    assert cfg.optimizer_spec().sampling.temperature == 0.6  # stable: the paper's sampling
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("generate-*.yaml")), ids=lambda p: p.name)
+def test_repo_generate_configs_validate(path):
+    from bpo_ray.generate.config import GenerateConfig
+
+    cfg = load_config(GenerateConfig, path, {"input": ["x.jsonl"], "output": "out"})
+    assert len({t.target_name() for t in cfg.targets}) == len(cfg.targets) >= 1
+
+
 def test_flags_override_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("input: a.json\noutput: out\nmodel: {concurrency: 4, rate_limit: {requests_per_s: 5}}\n")

@@ -1,4 +1,5 @@
-"""`ray job submit` of jobs/construct.py to a real head started here, as a cluster user would."""
+"""`ray job submit` of the jobs to a real head started here, as a cluster user would: construct,
+then optimize on its output, then generate on optimize's."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bpo_ray.optimizer_template import DEFAULT_INSTRUCTION
 from bpo_ray.testing.scripted_server import ScriptedOpenAIServer
 from ports import free_port  # tests/ is on sys.path (conftest)
 
@@ -22,8 +24,15 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def reply(body: dict) -> str:
-    instruction = body["messages"][0]["content"].split("[Instruction]\n", 1)[1].split("\n\n[", 1)[0]
-    return f"Comparison: ok\nOptimized Instruction: {instruction} Please be thorough."
+    """One scripted API for the three jobs: construction requests, optimizer requests (the chat
+    layout: instruction, blank line, prompt), and target requests (anything else)."""
+    content = body["messages"][0]["content"]
+    if "[Instruction]\n" in content:
+        instruction = content.split("[Instruction]\n", 1)[1].split("\n\n[", 1)[0]
+        return f"Comparison: ok\nOptimized Instruction: {instruction} Please be thorough."
+    if content.startswith(DEFAULT_INSTRUCTION):
+        return content.split("\n\n", 2)[1] + " Answer step by step."
+    return f"ANSWER: {content}"
 
 
 @pytest.fixture
@@ -58,28 +67,44 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def submit(address: str, env: dict, job: str, *args: str) -> subprocess.CompletedProcess:
+    command = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+               "--runtime-env-json", json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1"}}),
+               "--", sys.executable, f"jobs/{job}.py", *args]
+    deadline = time.monotonic() + 120
+    while True:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
+        # The head is still coming up: dashboard not listening yet, or its job agent not ready.
+        starting = any(s in done.stderr + done.stdout for s in ("No available agent", "Connection refused",
+                                                               "Failed to connect", "ConnectionError"))
+        if done.returncode == 0 or not starting or time.monotonic() > deadline:
+            return done
+        time.sleep(3)
+
+
 @pytest.mark.slow
-def test_construct_job_via_ray_job_submit(ray_head, tmp_path, fixture_data):
+def test_jobs_via_ray_job_submit(ray_head, tmp_path, fixture_data):
     address, env = ray_head
-    out = tmp_path / "out"
     with ScriptedOpenAIServer(reply_fn=reply) as srv:
-        command = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
-                   "--runtime-env-json", json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1"}}),
-                   "--", sys.executable, "jobs/construct.py",
-                   "--input", str(fixture_data / "feedback_ctx.json"), "--input", str(fixture_data / "feedback_no_ctx.json"),
-                   "--output", str(out), "--base-url", srv.base_url, "--model", "scripted", "--rate-limit", "10"]
-        deadline = time.monotonic() + 120
-        while True:
-            job = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
-            # The head is still coming up: dashboard not listening yet, or its job agent not ready.
-            starting = any(s in job.stderr + job.stdout for s in ("No available agent", "Connection refused",
-                                                                  "Failed to connect", "ConnectionError"))
-            if job.returncode == 0 or not starting or time.monotonic() > deadline:
-                break
-            time.sleep(3)
+        api = ["--base-url", srv.base_url]
+        job = submit(address, env, "construct", "--input", str(fixture_data / "feedback_ctx.json"),
+                     "--input", str(fixture_data / "feedback_no_ctx.json"), "--output", str(tmp_path / "pairs"),
+                     *api, "--model", "scripted", "--rate-limit", "10")
         served = srv.stats.requests
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    assert "succeeded" in (job.stdout + job.stderr)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["rows_in"] == 4 and summary["rows_out"] == 4 and summary["requests"] == served == 4
-    assert len(list((out / "pairs").glob("*.parquet"))) >= 1
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "succeeded" in (job.stdout + job.stderr)
+        summary = json.loads((tmp_path / "pairs" / "summary.json").read_text())
+        assert summary["rows_in"] == 4 and summary["rows_out"] == 4 and summary["requests"] == served == 4
+        assert len(list((tmp_path / "pairs" / "pairs").glob("*.parquet"))) >= 1
+
+        job = submit(address, env, "optimize", "--input", str(tmp_path / "pairs"), "--output", str(tmp_path / "opt"),
+                     *api, "--optimizer", "scripted")
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        optimized = json.loads((tmp_path / "opt" / "summary.json").read_text())
+        assert optimized["rows_in"] == 4 and optimized["rows_out"] == 4
+
+        job = submit(address, env, "generate", "--input", str(tmp_path / "opt"), "--output", str(tmp_path / "gen"),
+                     *api, "--target", "scripted")
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        generated = json.loads((tmp_path / "gen" / "summary.json").read_text())
+        assert generated["rows_in"] == 4 and generated["rows_out"] == 4 and generated["requests"] == 8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bpo_ray.construct.parse import LengthFilter
+from bpo_ray.length_filter import LengthFilter
 from bpo_ray.data.feedback import FeedbackFields
 from bpo_ray.models.spec import ModelSpec
 from bpo_ray.runner import StageJobConfig

@@ -14,7 +14,7 @@ from bpo_ray.construct.config import ConstructConfig
 from bpo_ray.construct.prompts import prompt_settings
 from bpo_ray.construct.stage import ConstructStage
 from bpo_ray.data.feedback import read_feedback
-from bpo_ray.runner import OutputTable, StagePlan, run_stage
+from bpo_ray.runner import REJECTED_TABLE, OutputTable, StagePlan, StageStep, run_stage
 
 PAIRS_TABLE = OutputTable(
     "pairs",
@@ -23,23 +23,24 @@ PAIRS_TABLE = OutputTable(
      "construct_retries", "construct_latency_s"],
     rename={"instruction": "prompt"},
 )
-REJECTED_COLUMNS = ["id", "key", "source", "instruction", "context", "has_context", "good_res", "bad_res",
-                    "reason", "retryable", "raw_reply", "optimized_prompt", "construct_model",
-                    "construct_prompt_tokens", "construct_completion_tokens", "construct_requests",
-                    "construct_retries", "construct_latency_s"]
+REJECTED = OutputTable(
+    REJECTED_TABLE,
+    ["id", "key", "source", "instruction", "context", "has_context", "good_res", "bad_res", "reason", "retryable",
+     "raw_reply", "optimized_prompt", "construct_model", "construct_prompt_tokens", "construct_completion_tokens",
+     "construct_requests", "construct_retries", "construct_latency_s"],
+)
 
 
 def run_construct(cfg: ConstructConfig) -> dict[str, Any]:
     """Run the job; returns (and writes to DIR/summary.json) the run's summary."""
     return run_stage(StagePlan(
         config=cfg,
-        spec=cfg.model,
-        stage=ConstructStage,
+        steps=[StageStep(ConstructStage, cfg.model,
+                         {"length_filter": cfg.length_filter.model_dump(), "repair": cfg.repair})],
         read=lambda salt: read_feedback(cfg.input, cfg.fields, max_input_chars=cfg.max_input_chars, key_salt=salt),
         output_table=PAIRS_TABLE,
-        rejected_columns=REJECTED_COLUMNS,
+        rejected_table=REJECTED,
         settings={"prompts": prompt_settings(), "repair": cfg.repair,
                   "length_filter": cfg.length_filter.model_dump(), "max_input_chars": cfg.max_input_chars},
-        stage_kwargs={"length_filter": cfg.length_filter.model_dump(), "repair": cfg.repair},
         counters={"rows_repaired": "repaired"},
     ))

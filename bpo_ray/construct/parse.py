@@ -1,12 +1,10 @@
-"""Parse a construction reply and apply the paper's filters. Pure functions, no model text is
-ever evaluated: we only search it for the tag."""
+"""Parse a construction reply. Pure functions, no model text is ever evaluated: we only search
+it for the tag."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from bpo_ray.construct.prompts import TAG
 
@@ -55,23 +53,3 @@ def _clean(text: str) -> str:
     if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
         text = text[1:-1].strip()
     return text
-
-
-class LengthFilter(BaseModel):
-    """The paper's filter: an optimized prompt much shorter or much longer than the original
-    usually lost information or leaked the answer (lengths in characters)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_shrink: float = Field(2.0, gt=0, description="Reject when original/optimized length exceeds this.")
-    max_growth: float = Field(6.0, gt=0, description="Reject when optimized/original length exceeds this.")
-
-    def check(self, original: str, optimized: str) -> str | None:
-        a, b = len(original.strip()), len(optimized.strip())
-        if b == 0:
-            return "optimized prompt is empty"
-        if a / b > self.max_shrink:
-            return f"length filter: original/optimized = {a / b:.2f} > {self.max_shrink:g}"
-        if a and b / a > self.max_growth:
-            return f"length filter: optimized/original = {b / a:.2f} > {self.max_growth:g}"
-        return None

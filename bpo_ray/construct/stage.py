@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bpo_ray.construct.parse import LengthFilter, Parsed, parse_continuation, parse_reply
+from bpo_ray.construct.parse import Parsed, parse_continuation, parse_reply
+from bpo_ray.length_filter import LengthFilter
 from bpo_ray.construct.prompts import construction_request, repair_request
 from bpo_ray.models.base import ChatRequest, ChatResult
 from bpo_ray.models.stage import ModelStage, Row

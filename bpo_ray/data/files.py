@@ -34,13 +34,38 @@ def read_rows(paths: list[str], row_fn: RowFn, **kwargs: Any):
 
 
 def _rows_of_file(file: dict[str, Any], row_fn: RowFn, kwargs: dict) -> Iterator[dict]:
-    for index, record in enumerate(parse_records(file["path"], file["bytes"])):
-        yield row_fn(record, source=file["path"], index=index, **kwargs)
+    rows = [row_fn(record, source=file["path"], index=index, **kwargs)
+            for index, record in enumerate(parse_records(file["path"], file["bytes"]))]
+    # Ray Data wants the same columns in every row of a block; records of one file may carry
+    # different optional fields (the stages that keep input columns pass them all on).
+    columns = list(dict.fromkeys(name for row in rows for name in row))
+    mixed = {name for name in columns if len({_kind(row.get(name)) for row in rows} - {None}) > 1}
+    for row in rows:
+        # Arrow wants one type per column: a field that is text in one record and a number or
+        # a list in another is kept as JSON text, every value of it, instead of failing the job.
+        yield {name: _as_json(row.get(name)) if name in mixed else row.get(name) for name in columns}
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _as_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+# The table a job's output folder stands for when it is the next job's input.
+JOB_TABLES = ("pairs", "optimized", "responses")
 
 
 def input_files(paths: list[str]) -> list[str]:
-    """The files to read: a construct output folder stands for its pairs/ table, any other
-    folder for the pair files in it. Raises InputError for a path that does not exist."""
+    """The files to read: a job's output folder stands for its main table (construct's pairs/,
+    optimize's optimized/, generate's responses/), any other folder for the data files in it.
+    Raises InputError for a path that does not exist."""
     out: list[str] = []
     for path in resolve_inputs(paths):
         fs, base = filesystem_and_path(path)
@@ -50,8 +75,8 @@ def input_files(paths: list[str]) -> list[str]:
         if info.type == pafs.FileType.File:
             out.append(path)
             continue
-        pairs = f"{base.rstrip('/')}/pairs"
-        folder = pairs if fs.get_file_info(pairs).type == pafs.FileType.Directory else base
+        tables = [f"{base.rstrip('/')}/{t}" for t in JOB_TABLES]
+        folder = next((t for t in tables if fs.get_file_info(t).type == pafs.FileType.Directory), base)
         found = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(folder, recursive=True))
                        if f.type == pafs.FileType.File and f.path.rsplit(".", 1)[-1] in FILE_EXTENSIONS)
         if not found:

@@ -15,7 +15,15 @@ Message = dict[str, str]
 
 @dataclass
 class ChatRequest:
+    """One request: a chat (`messages`) or, with `prompt` set, raw text the model continues as
+    is (the completions API): an optimizer trained on a plain-text layout is fed that text."""
+
     messages: list[Message]
+    prompt: str | None = None
+    """Raw text prompt; when set, `messages` and `prefill` are ignored."""
+    add_special_tokens: bool = True
+    """Whether the tokenizer adds its specials (BOS) to a raw `prompt`, as vLLM and HF do for
+    text; False for text that already carries them (a rendered chat template)."""
     prefill: str | None = None
     """Text the assistant turn starts with; the model continues it (the reply excludes it)."""
     sampling: dict[str, Any] = field(default_factory=dict)

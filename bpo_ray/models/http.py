@@ -1,5 +1,8 @@
 """OpenAI-compatible HTTP backend (OpenAI, vLLM's server, the project's own Serve endpoint).
 
+Chats go to /chat/completions; a raw-text request (`ChatRequest.prompt`) goes to the legacy
+/completions, so the server tokenizes exactly that text and adds no chat template.
+
 The `openai` async client does the HTTP; this module owns what a batch job needs around it:
 bounded concurrency, the shared rate limit, retries with exponential backoff and jitter that
 honour Retry-After, a per-request timeout, and per-row accounting (tokens, requests, retries).
@@ -18,6 +21,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -82,7 +86,9 @@ class OpenAIHTTPBackend(ChatBackend):
             return await self._chat_with_retries(request)
 
     async def _chat_with_retries(self, request: ChatRequest) -> ChatResult:
-        kwargs = self._request_kwargs(request)
+        text = request.prompt is not None  # a raw prompt goes to the completions API
+        kwargs = self._text_kwargs(request) if text else self._request_kwargs(request)
+        fill = _fill_text_result if text else _fill_result
         estimate = _estimate_tokens(request, kwargs["max_tokens"] * kwargs.get("n", 1))
         result = ChatResult()
         started = time.monotonic()
@@ -91,8 +97,10 @@ class OpenAIHTTPBackend(ChatBackend):
                 await self._limiter.acquire(estimate)
             result.requests += 1
             try:
-                reply = await self._get_client().chat.completions.create(**kwargs)
-                _fill_result(result, reply)
+                client = self._get_client()
+                api = client.completions if text else client.chat.completions
+                reply = await api.create(**kwargs)
+                fill(result, reply)
                 if self._limiter.active:
                     self._limiter.settle(result.prompt_tokens + result.completion_tokens - estimate)
                 result.error, result.retryable = None, False
@@ -110,16 +118,36 @@ class OpenAIHTTPBackend(ChatBackend):
         return result
 
     def _request_kwargs(self, request: ChatRequest) -> dict[str, Any]:
-        sampling = {**self.spec.sampling.model_dump(), **request.sampling}
+        """Arguments of a chat completion."""
         messages = list(request.messages)
         extra_body: dict[str, Any] = {}
         if request.prefill and self.supports_prefill:
             # vLLM's (and our server's) way to continue a pre-filled assistant turn.
             messages.append({"role": "assistant", "content": request.prefill})
             extra_body = {"continue_final_message": True, "add_generation_prompt": False}
+        kwargs = {**self._sampling_kwargs(request), "messages": messages}
+        if request.logprobs:
+            kwargs["logprobs"] = True
+            if request.top_logprobs:
+                kwargs["top_logprobs"] = request.top_logprobs
+        if extra_body:
+            kwargs["extra_body"] = extra_body
+        return kwargs
+
+    def _text_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        """Arguments of a text completion of the raw `request.prompt`."""
+        kwargs = {**self._sampling_kwargs(request), "prompt": request.prompt}
+        if request.logprobs:  # the legacy API's logprobs: how many alternatives per token
+            kwargs["logprobs"] = request.top_logprobs or 0
+        if not request.add_special_tokens:
+            kwargs["extra_body"] = {"add_special_tokens": False}  # vLLM's extension
+        return kwargs
+
+    def _sampling_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        """The arguments both APIs share: model, sampling and timeout."""
+        sampling = {**self.spec.sampling.model_dump(), **request.sampling}
         kwargs: dict[str, Any] = {
             "model": self.spec.model,
-            "messages": messages,
             "temperature": sampling["temperature"],
             "top_p": sampling["top_p"],
             "max_tokens": sampling["max_tokens"],
@@ -131,12 +159,6 @@ class OpenAIHTTPBackend(ChatBackend):
             kwargs["stop"] = sampling["stop"]
         if sampling.get("seed") is not None:
             kwargs["seed"] = sampling["seed"]
-        if request.logprobs:
-            kwargs["logprobs"] = True
-            if request.top_logprobs:
-                kwargs["top_logprobs"] = request.top_logprobs
-        if extra_body:
-            kwargs["extra_body"] = extra_body
         return kwargs
 
     async def probe(self, attempts: int = 3) -> None:
@@ -189,15 +211,26 @@ def raise_if_job_fatal(exc: Exception, spec: ModelSpec) -> None:
 
 
 def _fill_result(result: ChatResult, reply: Any) -> None:
+    """Read a `chat.completion` reply into `result`."""
+    _fill_choices(result, reply, lambda c: c.message.content, _logprobs_of)
+
+
+def _fill_text_result(result: ChatResult, reply: Any) -> None:
+    """Read a `text_completion` reply into `result`."""
+    _fill_choices(result, reply, lambda c: c.text, _text_logprobs_of)
+
+
+def _fill_choices(result: ChatResult, reply: Any, text_of: Callable[[Any], str | None],
+                  logprobs_of: Callable[[Any], list[TokenLogprob]]) -> None:
     if not getattr(reply, "choices", None):
         raise _MalformedReply("reply has no choices")
-    result.texts = [(c.message.content or "") for c in reply.choices]
+    result.texts = [(text_of(c) or "") for c in reply.choices]
     result.finish_reasons = [c.finish_reason or "stop" for c in reply.choices]
     usage = getattr(reply, "usage", None)
     result.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
     result.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
     if any(getattr(c, "logprobs", None) for c in reply.choices):
-        result.logprobs = [_logprobs_of(c) for c in reply.choices]
+        result.logprobs = [logprobs_of(c) for c in reply.choices]
 
 
 def _logprobs_of(choice: Any) -> list[TokenLogprob]:
@@ -206,6 +239,17 @@ def _logprobs_of(choice: Any) -> list[TokenLogprob]:
         TokenLogprob(t.token, t.logprob, [(a.token, a.logprob) for a in (t.top_logprobs or [])])
         for t in content
     ]
+
+
+def _text_logprobs_of(choice: Any) -> list[TokenLogprob]:
+    """The legacy completions shape: parallel lists of tokens, their logprobs and, per token,
+    a dict of the top alternatives."""
+    logprobs = getattr(choice, "logprobs", None)
+    tokens = getattr(logprobs, "tokens", None) or []
+    values = getattr(logprobs, "token_logprobs", None) or []
+    tops = getattr(logprobs, "top_logprobs", None) or [None] * len(tokens)
+    return [TokenLogprob(token, value, list((top or {}).items()))
+            for token, value, top in zip(tokens, values, tops)]
 
 
 class _MalformedReply(Exception):
@@ -266,5 +310,8 @@ def _short(text: str, limit: int = 300) -> str:
 
 
 def _estimate_tokens(request: ChatRequest, completion_budget: int) -> int:
-    chars = sum(len(m.get("content") or "") for m in request.messages) + len(request.prefill or "")
+    if request.prompt is not None:
+        chars = len(request.prompt)
+    else:
+        chars = sum(len(m.get("content") or "") for m in request.messages) + len(request.prefill or "")
     return chars // 4 + completion_budget

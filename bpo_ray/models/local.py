@@ -95,6 +95,9 @@ class TransformersBackend(ChatBackend):
         # Grouping first, then cutting into micro-batches, keeps batches as full as possible.
         size = self.spec.batch_size
         for jobs in groups.values():
+            # A batch is left-padded to its longest prompt: sorted by length, each micro-batch
+            # holds prompts of similar length, so short prompts do not pay for a long one.
+            jobs.sort(key=lambda job: len(job.input_ids))
             for start in range(0, len(jobs), size):
                 chunk = jobs[start : start + size]
                 try:
@@ -107,8 +110,9 @@ class TransformersBackend(ChatBackend):
 
     def _prepare(self, index: int, request: ChatRequest) -> _Job | ChatResult:
         sampling = Sampling.model_validate({**self.spec.sampling.model_dump(), **request.sampling})
-        prompt = render_prompt(self.tokenizer, request.messages, request.prefill)
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = self._encode(request)
+        if not ids:  # generate needs at least one token to continue
+            return ChatResult(error="empty prompt: no tokens to continue")
         # Dropping the start of a chat would silently change the task: refuse instead.
         if self.max_positions is not None and len(ids) >= self.max_positions:
             return ChatResult(
@@ -116,6 +120,14 @@ class TransformersBackend(ChatBackend):
                 prompt_tokens=len(ids),
             )
         return _Job(index, request, sampling, ids)
+
+    def _encode(self, request: ChatRequest) -> list[int]:
+        """The prompt's token ids. A raw prompt is encoded exactly as training encoded it
+        (OptimizerTemplate.encode); a chat template writes its own specials, so none are added."""
+        if request.prompt is not None:
+            return self.tokenizer(request.prompt, add_special_tokens=request.add_special_tokens)["input_ids"]
+        prompt = render_prompt(self.tokenizer, request.messages, request.prefill)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def _generate(self, jobs: list[_Job]) -> list[ChatResult]:
         s = jobs[0].sampling

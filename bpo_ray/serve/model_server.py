@@ -1,7 +1,11 @@
 """An OpenAI-compatible HTTP server for one local model, as a Ray Serve application.
 
-Each replica holds one backend (one model); concurrent requests to a replica are gathered by
-`serve.batch` into one `chat_batch` call, which is where local models get their throughput.
+Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (raw text, e.g. the
+prompt layout an optimizer was trained on) and GET /health.
+
+Each replica holds one backend (one model); concurrent requests to a replica, chat and text
+alike, are gathered by `serve.batch` into one `chat_batch` call, which is where local models
+get their throughput.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
@@ -21,8 +25,9 @@ from bpo_ray.errors import ConfigError
 from bpo_ray.terminal import quiet_ray_consoles
 from bpo_ray.models import ChatRequest, ChatResult, ModelSpec, build_backend
 from bpo_ray.serve.openai_api import (
-    ChatCompletionRequest, OpenAIError, check_model, install_error_handlers, model_json,
-    models_json, new_request_id, to_chat_request, to_completion_json,
+    ChatCompletionRequest, CompletionRequest, OpenAIError, check_model, install_error_handlers,
+    model_json, models_json, new_request_id, to_chat_request, to_completion_json,
+    to_text_completion_json, to_text_request,
 )
 
 api = FastAPI(title="bpo-ray model server")
@@ -33,7 +38,7 @@ install_error_handlers(api)
 @serve.deployment
 @serve.ingress(api)
 class ModelServer:
-    """One model per replica, behind /v1/models, /v1/chat/completions and /health."""
+    """One model per replica, behind /v1/models, /v1/chat/completions, /v1/completions and /health."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -76,13 +81,22 @@ class ModelServer:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest) -> JSONResponse:
         check_model(body.model, self.model_id)
-        request = to_chat_request(body)
-        try:
-            result = await self._generate(request)
-        except Exception as exc:  # a backend bug must still answer in OpenAI's shape
-            raise OpenAIError(500, f"{type(exc).__name__}: {exc}", type="server_error") from exc
+        result = await self._answer(to_chat_request(body))
         return JSONResponse(to_completion_json(result, model=self.model_id,
                                                request_id=new_request_id()))
+
+    @api.post("/v1/completions")
+    async def completions(self, body: CompletionRequest) -> JSONResponse:
+        check_model(body.model, self.model_id)
+        result = await self._answer(to_text_request(body))
+        return JSONResponse(to_text_completion_json(result, model=self.model_id,
+                                                    request_id=new_request_id()))
+
+    async def _answer(self, request: ChatRequest) -> ChatResult:
+        try:
+            return await self._generate(request)
+        except Exception as exc:  # a backend bug must still answer in OpenAI's shape
+            raise OpenAIError(500, f"{type(exc).__name__}: {exc}", type="server_error") from exc
 
 
 def build_model_app(spec: ModelSpec, *, num_replicas: int = 1,

@@ -1,14 +1,18 @@
-"""The OpenAI chat-completions protocol, kept free of Ray so any serving graph can reuse it.
+"""The OpenAI chat-completions and (legacy) completions protocols, kept free of Ray so any
+serving graph can reuse them.
 
-Requests become `ChatRequest`s, `ChatResult`s become `chat.completion` JSON, and every error
-leaves the server in OpenAI's shape (`{"error": {message, type, param, code}}`) so that
-OpenAI clients raise their usual typed exceptions.
+Requests become `ChatRequest`s (a completions prompt as a raw-text one), `ChatResult`s become
+`chat.completion` or `text_completion` JSON, and every error leaves the server in OpenAI's
+shape (`{"error": {message, type, param, code}}`) so that OpenAI clients raise their usual
+typed exceptions.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -62,26 +66,19 @@ class ChatMessage(BaseModel):
         return {"role": role, "content": content or ""}
 
 
-class ChatCompletionRequest(BaseModel):
-    """The fields of POST /v1/chat/completions this server honours; unknown ones are ignored."""
+class _GenerationRequest(BaseModel):
+    """The fields both endpoints share; unknown ones are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1, le=32768)
-    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
     n: int | None = Field(None, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
     stream: bool = False
-    # vLLM extensions: continue a pre-filled assistant turn instead of opening a new one.
-    continue_final_message: bool = False
-    add_generation_prompt: bool = True
 
     @field_validator("stop")
     @classmethod
@@ -90,22 +87,59 @@ class ChatCompletionRequest(BaseModel):
         stops = [s for s in stops or [] if s]
         return stops or None
 
+    def requested_max_tokens(self) -> int | None:
+        """The completion length the client asked for; None: the server's default."""
+        return self.max_tokens
+
     def sampling(self) -> dict[str, Any]:
         """Only the fields the client set: the rest fall back to the server's ModelSpec.sampling."""
         out: dict[str, Any] = {}
         for key in ("temperature", "top_p", "n", "stop", "seed"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
-        max_tokens = self.max_completion_tokens or self.max_tokens
+        max_tokens = self.requested_max_tokens()
         if max_tokens is not None:
             out["max_tokens"] = max_tokens
         return out
 
 
-def to_chat_request(req: ChatCompletionRequest) -> ChatRequest:
-    """Map an API request onto the backend's ChatRequest; raise OpenAIError(400) when it can't."""
+class ChatCompletionRequest(_GenerationRequest):
+    """The fields of POST /v1/chat/completions this server honours; unknown ones are ignored."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # vLLM extensions: continue a pre-filled assistant turn instead of opening a new one.
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_GenerationRequest):
+    """The fields of POST /v1/completions (OpenAI's legacy text completions) this server
+    honours; unknown ones are ignored."""
+
+    prompt: str | list[str]
+    max_tokens: int | None = Field(16, ge=1, le=32768)  # OpenAI's default for this endpoint
+    logprobs: int | None = Field(None, ge=0, le=5)
+    """How many alternatives per token; set at all (0 included), it asks for the chosen tokens' logprobs."""
+    echo: bool = False
+    suffix: str | None = None
+    # vLLM extension: False for a prompt that already carries its special tokens.
+    add_special_tokens: bool = True
+
+
+def _refuse_stream(req: _GenerationRequest) -> None:
     if req.stream:
         raise OpenAIError(400, "stream=true is not supported by this server", param="stream")
+
+
+def to_chat_request(req: ChatCompletionRequest) -> ChatRequest:
+    """Map an API request onto the backend's ChatRequest; raise OpenAIError(400) when it can't."""
+    _refuse_stream(req)
     if req.top_logprobs and not req.logprobs:
         raise OpenAIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
     messages = [m.to_message() for m in req.messages]
@@ -126,6 +160,24 @@ def to_chat_request(req: ChatCompletionRequest) -> ChatRequest:
                        logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
 
 
+def to_text_request(req: CompletionRequest) -> ChatRequest:
+    """Map a completions request onto a raw-text ChatRequest; raise OpenAIError(400) when it can't."""
+    _refuse_stream(req)
+    if req.echo:
+        raise OpenAIError(400, "echo=true is not supported by this server", param="echo")
+    if req.suffix is not None:
+        raise OpenAIError(400, "suffix is not supported by this server", param="suffix")
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        # Batching is the server's job: concurrent requests share a generate call anyway.
+        if len(prompt) != 1:
+            raise OpenAIError(400, "this server takes one prompt per request", param="prompt")
+        prompt = prompt[0]
+    return ChatRequest(messages=[], prompt=prompt, add_special_tokens=req.add_special_tokens,
+                       sampling=req.sampling(), logprobs=req.logprobs is not None,
+                       top_logprobs=req.logprobs or 0)
+
+
 def _token_json(token: str, logprob: float) -> dict[str, Any]:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
@@ -143,28 +195,69 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def _text_logprobs_json(tokens: list[TokenLogprob]) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists (alternatives as {token: logprob}, and each
+    token's character offset in the text)."""
+    offsets = list(itertools.accumulate((len(t.token) for t in tokens), initial=0))[:-1]
+    return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [_top_dict(t.top) for t in tokens], "text_offset": offsets}
+
+
+def _top_dict(top: list[tuple[str, float]]) -> dict[str, float]:
+    """Alternatives, best first, as a dict: a text seen twice (byte pieces of characters that
+    decode alike) keeps its best logprob."""
+    out: dict[str, float] = {}
+    for token, logprob in top:
+        out.setdefault(token, logprob)
+    return out
+
+
 def to_completion_json(result: ChatResult, *, model: str, request_id: str) -> dict[str, Any]:
     """A `chat.completion` object. A failed result raises OpenAIError: 400 when retrying cannot
     help (prompt too long, bad sampling values; what OpenAI answers too), else 500."""
-    if result.error is not None:
-        if not result.retryable:
-            raise OpenAIError(400, result.error, type="invalid_request_error")
-        raise OpenAIError(500, result.error, type="server_error")
-    choices = []
+    _raise_if_failed(result)
+    choices = [{
+        "index": i,
+        "message": {"role": "assistant", "content": text, "refusal": None},
+        "finish_reason": finish,
+        "logprobs": None if tokens is None else _logprobs_json(tokens),
+    } for i, text, finish, tokens in _choices(result)]
+    return _response_json(result, f"chatcmpl-{request_id}", "chat.completion", model, choices)
+
+
+def to_text_completion_json(result: ChatResult, *, model: str, request_id: str) -> dict[str, Any]:
+    """A `text_completion` object (the legacy completions API); errors as in to_completion_json."""
+    _raise_if_failed(result)
+    choices = [{
+        "index": i,
+        "text": text,
+        "finish_reason": finish,
+        "logprobs": None if tokens is None else _text_logprobs_json(tokens),
+    } for i, text, finish, tokens in _choices(result)]
+    return _response_json(result, f"cmpl-{request_id}", "text_completion", model, choices)
+
+
+def _raise_if_failed(result: ChatResult) -> None:
+    if result.error is None:
+        return
+    if not result.retryable:
+        raise OpenAIError(400, result.error, type="invalid_request_error")
+    raise OpenAIError(500, result.error, type="server_error")
+
+
+def _choices(result: ChatResult) -> Iterator[tuple[int, str, str, list[TokenLogprob] | None]]:
+    """(index, text, finish_reason, logprobs or None) for each choice of a result."""
     for i, text in enumerate(result.texts):
         finish = result.finish_reasons[i] if i < len(result.finish_reasons) else "stop"
-        logprobs = None
-        if result.logprobs is not None and i < len(result.logprobs):
-            logprobs = _logprobs_json(result.logprobs[i])
-        choices.append({
-            "index": i,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "finish_reason": finish,
-            "logprobs": logprobs,
-        })
+        tokens = result.logprobs[i] if result.logprobs is not None and i < len(result.logprobs) else None
+        yield i, text, finish, tokens
+
+
+def _response_json(result: ChatResult, response_id: str, kind: str, model: str,
+                   choices: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "id": f"chatcmpl-{request_id}",
-        "object": "chat.completion",
+        "id": response_id,
+        "object": kind,
         "created": int(time.time()),
         "model": model,
         "choices": choices,

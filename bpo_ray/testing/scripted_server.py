@@ -39,12 +39,12 @@ class Fault:
     retry_after: float | None = None  # Retry-After header (seconds) on the error reply
     stall_s: float | None = None  # sleep this long before answering
     malformed: bool = False  # 200 with a body that is not valid JSON
-    content: str | None = None  # 200 with this assistant content instead of reply_fn's
+    content: str | None = None  # 200 with this assistant content (or text) instead of reply_fn's
 
 
 @dataclass
 class ServerStats:
-    """Thread-safe counters for chat-completion requests (``/v1/models`` is not counted)."""
+    """Thread-safe counters for completion requests, chat and text (``/v1/models`` is not counted)."""
 
     requests: int = 0
     unauthorized: int = 0  # requests answered 401 for a missing or wrong key (any route)
@@ -120,7 +120,10 @@ def _words(text: Any) -> int:
     return 0
 
 
-def _last_user_content(body: dict) -> str:
+def _user_text(body: dict) -> str:
+    """The last user message of a chat, or the prompt of a text completion."""
+    if isinstance(body.get("prompt"), str):
+        return body["prompt"]
     for msg in reversed(body.get("messages") or []):
         if isinstance(msg, dict) and msg.get("role") == "user":
             content = msg.get("content")
@@ -150,9 +153,11 @@ _ERROR_TYPES = {
 
 
 class ScriptedOpenAIServer:
-    """OpenAI-compatible ``/v1/models`` and ``/v1/chat/completions`` with scripted faults.
+    """OpenAI-compatible ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions``
+    (text) with scripted faults; ``reply_fn`` gets either request's body and returns the reply
+    text, or a list of texts, one per choice (``n``), to script sampled candidates.
 
-    Per chat request: bad JSON -> 400 (script untouched); otherwise pop the next
+    Per completion request: bad JSON -> 400 (script untouched); otherwise pop the next
     Fault (FIFO). A Fault with ``status`` answers with that error after
     ``stall_s`` (no latency, no rate limiting). Everything else is rate limited
     on arrival, then sleeps ``latency_s`` (+ ``stall_s``) and answers 200.
@@ -161,7 +166,7 @@ class ScriptedOpenAIServer:
     def __init__(
         self,
         *,
-        reply_fn: Callable[[dict], str] | None = None,
+        reply_fn: Callable[[dict], str | list[str]] | None = None,
         latency_s: float = 0.0,
         rate_limit_rps: float | None = None,
         script: Iterable[Fault] | None = None,
@@ -240,6 +245,7 @@ class ScriptedOpenAIServer:
         app = web.Application()
         app.router.add_get("/v1/models", self._handle_models)
         app.router.add_post("/v1/chat/completions", self._handle_chat)
+        app.router.add_post("/v1/completions", self._handle_text)
         # access_log=None: per-request logging costs real CPU at benchmark rates.
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT_S
@@ -300,6 +306,15 @@ class ScriptedOpenAIServer:
         )
 
     async def _handle_chat(self, request: web.Request) -> web.Response:
+        return await self._handle(request, self._completion)
+
+    async def _handle_text(self, request: web.Request) -> web.Response:
+        return await self._handle(request, self._text_completion)
+
+    async def _handle(
+        self, request: web.Request, render: Callable[[dict, str], dict]
+    ) -> web.Response:
+        """The shared path of both completion routes; ``render`` builds the 200 reply body."""
         arrival = time.monotonic()
         if (denied := self._unauthorized(request)) is not None:
             return denied
@@ -354,39 +369,48 @@ class ScriptedOpenAIServer:
             content = self._content(body, fault)
         except Exception as exc:  # a buggy reply_fn should surface as a 500, not a dropped socket
             return self._reply(_error_response(500, f"reply_fn failed: {exc!r}", "server_error"))
-        return self._reply(web.json_response(self._completion(body, content)))
+        return self._reply(web.json_response(render(body, content)))
 
     def _reply(self, response: web.Response) -> web.Response:
         self.stats.record_reply(response.status)
         return response
 
-    def _content(self, body: dict, fault: Fault) -> str:
+    def _content(self, body: dict, fault: Fault) -> str | list[str]:
         if fault.content is not None:
             return fault.content
         if self.reply_fn is not None:
             return self.reply_fn(body)
-        return f"Optimized Instruction: {_last_user_content(body)}"
+        return f"Optimized Instruction: {_user_text(body)}"
 
-    def _completion(self, body: dict, content: str) -> dict:
-        n = body.get("n") or 1
-        n = n if isinstance(n, int) and n > 0 else 1
+    def _completion(self, body: dict, content: str | list[str]) -> dict:
         prompt_tokens = sum(
             _words(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)
         )
-        completion_tokens = _words(content) * n
+        return self._envelope(body, "chatcmpl", "chat.completion",
+                              lambda text: {"message": {"role": "assistant", "content": text}}, prompt_tokens, content)
+
+    def _text_completion(self, body: dict, content: str | list[str]) -> dict:
+        prompt_tokens = _words(body.get("prompt"))
+        return self._envelope(body, "cmpl", "text_completion", lambda text: {"text": text}, prompt_tokens, content)
+
+    def _envelope(
+        self, body: dict, id_prefix: str, kind: str, choice: Callable[[str], dict], prompt_tokens: int,
+        content: str | list[str],
+    ) -> dict:
+        """The reply body: ``n`` choices (the same text, or one per scripted text) plus id, model
+        and word-count usage."""
+        n = body.get("n") or 1
+        n = n if isinstance(n, int) and n > 0 else 1
+        texts = [content[i % len(content)] for i in range(n)] if isinstance(content, list) else [content] * n
+        completion_tokens = sum(_words(text) for text in texts)
         return {
-            "id": f"chatcmpl-{next(self._ids)}-{uuid.uuid4().hex[:12]}",
-            "object": "chat.completion",
+            "id": f"{id_prefix}-{next(self._ids)}-{uuid.uuid4().hex[:12]}",
+            "object": kind,
             "created": int(time.time()),
             "model": body.get("model") or self.model,
             "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-                for i in range(n)
+                {"index": i, **choice(text), "finish_reason": "stop", "logprobs": None}
+                for i, text in enumerate(texts)
             ],
             "usage": {
                 "prompt_tokens": prompt_tokens,

@@ -2,7 +2,8 @@
 
 import pytest
 
-from bpo_ray.construct.parse import LengthFilter, parse_continuation, parse_reply
+from bpo_ray.construct.parse import parse_continuation, parse_reply
+from bpo_ray.length_filter import LengthFilter
 from bpo_ray.construct.prompts import TAG, construction_messages, repair_request
 
 

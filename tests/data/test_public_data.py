@@ -86,3 +86,64 @@ def test_construction_examples(bpo_data):
     assert all(set(r) == {"instruction", "context", "good_res", "bad_res"} for r in records(bpo_data / "examples_ctx.json"))
     assert all(set(r) == {"instruction", "good_res", "bad_res"} for r in records(bpo_data / "examples_no_ctx.json"))
     assert all(r["has_context"] for r in ctx) and not any(r["has_context"] for r in no_ctx)
+
+
+# --- the public test sets through read_prompts (one Ray Dataset over all four) ---------------
+
+TEST_SETS = {"vicuna_eval": ("vicuna_eval.jsonl", 80), "dolly_eval": ("dolly_eval.json", 200),
+             "self_instruct_eval": ("self_instruct_eval.json", 252), "bpo_test": ("bpo_test.json", 200)}
+
+
+@pytest.fixture(scope="module")
+def prompt_rows(bpo_data, ray_local):
+    """{dataset: rows in file order}: the four test sets read as they are, in one call, though
+    their columns differ."""
+    from bpo_ray.data.prompts import PromptFields, read_prompts
+
+    paths = [str(bpo_data / name) for name, _ in TEST_SETS.values()]
+    rows = read_prompts(paths, PromptFields(), max_input_chars=32_000, key_salt="public",
+                        reserved=("optimized_prompt",)).take_all()
+    out = collections.defaultdict(list)
+    for row in rows:
+        out[row["dataset"]].append(row)
+    return {name: sorted(rs, key=lambda r: int(r["source"].rsplit(":", 1)[1])) for name, rs in out.items()}
+
+
+def test_prompt_sets_read_as_they_are(bpo_data, prompt_rows):
+    assert {name: len(rows) for name, rows in prompt_rows.items()} == {n: c for n, (_, c) in TEST_SETS.items()}
+    for name, (filename, count) in TEST_SETS.items():
+        rows = prompt_rows[name]
+        assert [r["source"] for r in rows] == [f"{filename}:{i}" for i in range(count)]
+        assert [r["reason"] for r in rows if r["status"] != "ok"] == []
+        assert len({r["id"] for r in rows}) == count
+        assert all(r["prompt"].strip() for r in rows)
+        assert len({r["key"] for r in rows}) == len({(r["prompt"], r["context"]) for r in rows})
+
+
+def test_prompt_sets_keep_ids_categories_and_contexts(bpo_data, prompt_rows):
+    vicuna, dolly = records(bpo_data / "vicuna_eval.jsonl"), records(bpo_data / "dolly_eval.json")
+    self_instruct, bpo_test = records(bpo_data / "self_instruct_eval.json"), records(bpo_data / "bpo_test.json")
+
+    rows = prompt_rows["vicuna_eval"]
+    assert [r["question_id"] for r in rows] == list(range(1, 81))
+    assert [r["id"] for r in rows] == [str(i) for i in range(1, 81)]
+    assert [(r["prompt"], r["text"], r["category"], r["context"]) for r in rows] == \
+        [(r["text"], r["text"], r["category"], "") for r in vicuna]
+
+    rows = prompt_rows["dolly_eval"]
+    assert [r["idx"] for r in rows] == [r["idx"] for r in dolly] == list(range(200))
+    assert [r["id"] for r in rows] == [str(r["idx"]) for r in dolly]
+    assert [(r["prompt"], r["context"], r["category"], r["response"]) for r in rows] == \
+        [(r["instruction"], r["context"], r["category"], r["response"]) for r in dolly]
+    assert sum(1 for r in rows if r["context"].strip()) == sum(1 for r in dolly if r["context"].strip()) > 0
+
+    rows = prompt_rows["self_instruct_eval"]
+    assert [r["id"] for r in rows] == [r["id"] for r in self_instruct]
+    assert [(r["prompt"], r["context"], r["category"], r["output"]) for r in rows] == \
+        [(r["instruction"], r["context"], r["category"], r["output"]) for r in self_instruct]
+    assert sum(1 for r in rows if r["context"].strip()) == 208
+
+    rows = prompt_rows["bpo_test"]
+    assert [(r["prompt"], r["input_optimized_prompt"], r["good_res"], r["bad_res"]) for r in rows] == \
+        [(r["prompt"], r["optimized_prompt"], r["good_res"], r["bad_res"]) for r in bpo_test]
+    assert all(r["context"] == "" and r["id"] == r["source"] for r in rows)

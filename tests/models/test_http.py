@@ -8,11 +8,13 @@ import time
 import pytest
 
 from bpo_ray.models import ChatRequest, ModelSpec, build_backend
+from bpo_ray.models.http import _estimate_tokens
 from bpo_ray.models.ratelimit import HEADROOM, RateLimiter
 from bpo_ray.testing.scripted_server import Fault, ScriptedOpenAIServer
 from ports import dead_url  # tests/ is on sys.path (conftest)
 
 HELLO = ChatRequest([{"role": "user", "content": "hello"}])
+TEXT = ChatRequest([], prompt="### Prompt:\nhello there")
 
 
 def spec_for(url: str, **kw) -> ModelSpec:
@@ -31,9 +33,14 @@ def run(backend, requests):
     return asyncio.run(go())
 
 
+def echo(body: dict) -> str:
+    """The chat's last message or the raw prompt, after "ok: "."""
+    return "ok: " + (body["prompt"] if "prompt" in body else body["messages"][-1]["content"])
+
+
 @pytest.fixture
 def server():
-    with ScriptedOpenAIServer(reply_fn=lambda body: "ok: " + body["messages"][-1]["content"]) as srv:
+    with ScriptedOpenAIServer(reply_fn=echo) as srv:
         yield srv
 
 
@@ -42,6 +49,32 @@ def test_plain_completion_counts_usage(server):
     assert res.ok and res.text == "ok: hello"
     assert res.requests == 1 and res.retries == 0
     assert res.prompt_tokens > 0 and res.completion_tokens > 0
+
+
+def test_raw_prompt_goes_to_the_completions_api(server):
+    bare = ChatRequest([], prompt="raw", add_special_tokens=False, logprobs=True, top_logprobs=2)
+    text, chat, raw = run(build_backend(spec_for(server.base_url)), [TEXT, HELLO, bare])
+    assert text.ok and text.text == "ok: ### Prompt:\nhello there" and text.requests == 1
+    assert (text.prompt_tokens, text.completion_tokens) == (4, 5)  # the scripted server counts words
+    assert chat.ok and chat.text == "ok: hello"
+    assert raw.ok and raw.text == "ok: raw"
+    bodies = {body.get("prompt"): body for body in server.stats.bodies}
+    assert "messages" not in bodies[TEXT.prompt] and "add_special_tokens" not in bodies[TEXT.prompt]
+    # vLLM's extension for text that carries its own specials; legacy logprobs: how many alternatives
+    assert bodies["raw"]["add_special_tokens"] is False and bodies["raw"]["logprobs"] == 2
+
+
+def test_raw_prompt_is_retried_like_a_chat(server):
+    server.push(Fault(status=429, retry_after=0.1), Fault(status=503), Fault(malformed=True))
+    [res] = run(build_backend(spec_for(server.base_url)), [TEXT])
+    assert res.ok and res.text == "ok: ### Prompt:\nhello there"
+    assert res.retries == 3 and res.requests == 4
+    assert server.stats.by_status == {429: 1, 503: 1, 200: 2}  # the malformed reply was a 200
+
+
+def test_token_estimate_counts_a_raw_prompt():
+    assert _estimate_tokens(ChatRequest([], prompt="x" * 400), 10) == 110
+    assert _estimate_tokens(ChatRequest([{"role": "user", "content": "x" * 40}], prefill="y" * 4), 10) == 21
 
 
 def test_429_with_retry_after_is_honoured(server):

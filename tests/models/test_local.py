@@ -9,20 +9,33 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import processors
 
 from bpo_ray.errors import ConfigError
 from bpo_ray.models import ChatRequest, ChatResult, ModelSpec
 from bpo_ray.models import embedded
 from bpo_ray.models.embedded import embedded_model_path, resolve_model_path
 from bpo_ray.models.local import TransformersBackend, render_prompt
+from bpo_ray.optimizer_template import OptimizerTemplate
 
 USER = [{"role": "user", "content": "Say something."}]
 
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir: Path) -> TransformersBackend:
-    # concurrency 2 so a batch of 3 is cut into two generate calls
-    return TransformersBackend(ModelSpec(model=str(tiny_model_dir), concurrency=2))
+    # batch_size 2 so a batch of 3 is cut into two generate calls
+    return TransformersBackend(ModelSpec(model=str(tiny_model_dir), batch_size=2))
+
+
+@pytest.fixture(scope="module")
+def bos_backend(tiny_model_dir: Path) -> TransformersBackend:
+    """The tiny model with a tokenizer that starts every text with its BOS, as Llama's does
+    (the tiny tokenizer itself adds no specials)."""
+    backend = TransformersBackend(ModelSpec(model=str(tiny_model_dir)))
+    tok = backend.tokenizer
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    return backend
 
 
 def chat(backend: TransformersBackend, *requests: ChatRequest) -> list[ChatResult]:
@@ -31,6 +44,19 @@ def chat(backend: TransformersBackend, *requests: ChatRequest) -> list[ChatResul
 
 def greedy(max_tokens: int = 12, **extra) -> dict:
     return {"temperature": 0.0, "max_tokens": max_tokens, **extra}
+
+
+def record_inputs(backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """The input_ids of every generate call the backend makes from now on (the call still runs)."""
+    seen: list[torch.Tensor] = []
+    real = backend.model.generate
+
+    def generate(*args, **kwargs):
+        seen.append(kwargs["input_ids"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backend.model, "generate", generate)
+    return seen
 
 
 def test_batch_returns_one_result_per_request(backend):
@@ -147,6 +173,58 @@ def test_logprobs(backend):
     # requests without logprobs in the same batch get none
     mixed = chat(backend, request, ChatRequest(USER, sampling=greedy(6)))
     assert mixed[0].logprobs and mixed[1].logprobs is None
+
+
+@pytest.mark.parametrize("style", ["instruction", "chat"])
+def test_raw_prompt_is_fed_as_training_encoded_it(bos_backend, style, monkeypatch):
+    tok = bos_backend.tokenizer
+    template = OptimizerTemplate(style=style)
+    ids = template.encode(tok, "tell me about cats", "Cats are mammals.")
+    assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id  # one BOS, either way
+    with torch.inference_mode():
+        out = bos_backend.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                         max_new_tokens=8, do_sample=False)
+    expected = tok.decode(out[0, len(ids):], skip_special_tokens=True)
+
+    seen = record_inputs(bos_backend, monkeypatch)
+    request = ChatRequest([], prompt=template.render(tok, "tell me about cats", "Cats are mammals."),
+                          add_special_tokens=template.add_special_tokens, sampling=greedy(8))
+    result = chat(bos_backend, request)[0]
+    assert result.ok, result.error
+    assert [x.tolist() for x in seen] == [[ids]]  # token-identical to what training fed
+    assert result.prompt_tokens == len(ids)
+    assert expected.startswith(result.text) and result.text
+
+
+def test_add_special_tokens_decides_the_bos(bos_backend, backend):
+    text = ChatRequest([], prompt="abc", sampling=greedy(2))
+    bare = ChatRequest([], prompt="abc", add_special_tokens=False, sampling=greedy(2))
+    assert [r.prompt_tokens for r in chat(bos_backend, text, bare)] == [4, 3]
+    assert [r.prompt_tokens for r in chat(backend, text, bare)] == [3, 3]  # no specials to add
+
+
+def test_empty_raw_prompt_is_an_error_result(backend):
+    results = chat(backend, ChatRequest([], prompt="", add_special_tokens=False, sampling=greedy(2)),
+                   ChatRequest([], prompt="abc", sampling=greedy(2)))
+    assert results[0].error.startswith("empty prompt") and not results[0].retryable
+    assert results[1].ok, results[1].error
+
+
+def test_prompts_are_batched_by_length(backend, monkeypatch):
+    short = ["cat", "dogs", "birds", "fishes"]  # 3 to 6 tokens (one per byte)
+    long = [("a long prompt about cats " * 9)[:200], ("another long prompt on dogs " * 8)[:201]]
+    prompts = [long[0], short[0], long[1], short[1], short[2], short[3]]
+    requests = [ChatRequest([], prompt=p, sampling=greedy(6)) for p in prompts]
+    alone = [chat(backend, r)[0] for r in requests]
+
+    seen = record_inputs(backend, monkeypatch)
+    together = chat(backend, *requests)
+    # Batches of 2, by length: the short prompts are padded to 4 and 6 tokens, not to 201
+    # (in request order they would share both batches with a long one).
+    assert [tuple(ids.shape) for ids in seen] == [(2, 4), (2, 6), (2, 201)]
+    assert [r.prompt_tokens for r in together] == [len(p) for p in prompts]  # request order
+    assert all(r.ok for r in together)
+    assert [r.text for r in together] == [r.text for r in alone]
 
 
 def test_too_long_prompt_is_an_error_result(backend):

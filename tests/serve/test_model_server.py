@@ -14,10 +14,12 @@ import openai
 import pytest
 from ray import serve
 
-from bpo_ray.models import ChatResult, ModelSpec
+from bpo_ray.models import ChatRequest, ChatResult, ModelSpec, build_backend
+from bpo_ray.optimizer_template import OptimizerTemplate
 from bpo_ray.serve.model_server import start_model_server
 from bpo_ray.serve.openai_api import (
-    ChatCompletionRequest, OpenAIError, to_chat_request, to_completion_json,
+    ChatCompletionRequest, CompletionRequest, OpenAIError, to_chat_request, to_completion_json,
+    to_text_completion_json, to_text_request,
 )
 from tiny_model import MAX_POSITIONS  # tests/ is on sys.path (conftest)
 from ports import free_port  # tests/ is on sys.path (conftest)
@@ -25,6 +27,7 @@ from ports import free_port  # tests/ is on sys.path (conftest)
 pytestmark = pytest.mark.slow
 
 USER = [{"role": "user", "content": "Rewrite this prompt: tell me about cats"}]
+PROMPT = OptimizerTemplate().wrap(None, "tell me about cats")  # plain text: no tokenizer needed
 
 
 def test_request_conversion_keeps_only_what_the_client_set() -> None:
@@ -42,12 +45,40 @@ def test_request_conversion_keeps_only_what_the_client_set() -> None:
     assert chat.sampling == {"max_tokens": 7, "stop": ["\n"]}
 
 
-def test_failed_result_status_follows_retryability() -> None:
+def test_text_request_conversion() -> None:
+    req = CompletionRequest.model_validate({
+        "model": "m", "prompt": [PROMPT], "user": "ignored", "stop": "\n", "logprobs": 0,
+        "add_special_tokens": False,
+    })
+    text = to_text_request(req)
+    assert text.prompt == PROMPT and text.messages == [] and text.add_special_tokens is False
+    assert text.sampling == {"max_tokens": 16, "stop": ["\n"]}  # OpenAI's default for completions
+    assert text.logprobs and text.top_logprobs == 0  # logprobs=0: the chosen tokens' only
+    plain = to_text_request(CompletionRequest(model="m", prompt="x", max_tokens=None))
+    assert plain.add_special_tokens and not plain.logprobs and plain.sampling == {}
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"echo": True}, "echo"),
+    ({"suffix": ""}, "suffix"),
+    ({"stream": True}, "stream"),
+    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": []}, "prompt"),
+])
+def test_unsupported_text_requests_are_400(body: dict[str, Any], param: str) -> None:
+    req = CompletionRequest.model_validate({"model": "m", "prompt": "x", **body})
     with pytest.raises(OpenAIError) as info:
-        to_completion_json(ChatResult(error="boom", retryable=True), model="m", request_id="1")
+        to_text_request(req)
+    assert (info.value.status, info.value.param) == (400, param)
+
+
+@pytest.mark.parametrize("to_json", [to_completion_json, to_text_completion_json])
+def test_failed_result_status_follows_retryability(to_json: Any) -> None:
+    with pytest.raises(OpenAIError) as info:
+        to_json(ChatResult(error="boom", retryable=True), model="m", request_id="1")
     assert (info.value.status, info.value.type, info.value.message) == (500, "server_error", "boom")
     with pytest.raises(OpenAIError) as info:
-        to_completion_json(ChatResult(error="too long"), model="m", request_id="1")
+        to_json(ChatResult(error="too long"), model="m", request_id="1")
     assert (info.value.status, info.value.type) == (400, "invalid_request_error")
 
 
@@ -170,6 +201,47 @@ def test_unknown_model_is_404(base_url: str, client: openai.OpenAI) -> None:
     assert status == 404 and body["error"]["code"] == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-9", messages=USER)  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError) as info:
+        client.completions.create(model="gpt-9", prompt=PROMPT)
+    assert info.value.code == "model_not_found"
+
+
+def test_text_completion(client: openai.OpenAI, model_id: str) -> None:
+    resp = client.completions.create(model=model_id, prompt=PROMPT, max_tokens=8, temperature=0,
+                                     logprobs=2)
+    assert resp.object == "text_completion" and resp.id.startswith("cmpl-") and resp.model == model_id
+    [choice] = resp.choices
+    assert choice.index == 0 and isinstance(choice.text, str) and choice.finish_reason in {"stop", "length"}
+    assert resp.usage.prompt_tokens == len(PROMPT.encode())  # one token per byte, no specials
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    logprobs = choice.logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) \
+        == len(logprobs.text_offset) == resp.usage.completion_tokens
+    for token, logprob, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+        assert 1 <= len(top) <= 2 and token in top
+        assert logprob == pytest.approx(max(top.values()))  # greedy: the best alternative
+    again = client.completions.create(model=model_id, prompt=[PROMPT], max_tokens=8, temperature=0)
+    assert again.choices[0].text == choice.text and again.choices[0].logprobs is None
+
+
+def test_text_completion_defaults_to_16_tokens(base_url: str, model_id: str) -> None:
+    status, body = _raw(f"{base_url}/completions", {"model": model_id, "prompt": PROMPT, "temperature": 0})
+    assert status == 200 and body["object"] == "text_completion"
+    used = body["usage"]["completion_tokens"]
+    assert used == 16 or (used < 16 and body["choices"][0]["finish_reason"] == "stop")
+
+
+@pytest.mark.parametrize(("kwargs", "param"), [
+    ({"echo": True}, "echo"),
+    ({"prompt": [PROMPT, PROMPT]}, "prompt"),
+    ({"stream": True}, "stream"),
+    ({"logprobs": 6}, "logprobs"),
+])
+def test_unsupported_text_completions_are_400(client: openai.OpenAI, model_id: str,
+                                               kwargs: dict[str, Any], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model_id, **{"prompt": PROMPT, "max_tokens": 4, **kwargs})
+    assert info.value.param == param and info.value.type == "invalid_request_error"
 
 
 def test_prompt_too_long_is_400(base_url: str, model_id: str) -> None:
@@ -212,18 +284,8 @@ def test_concurrent_requests_are_batched(base_url: str, model_id: str) -> None:
     assert after["largest_batch"] > 1
 
 
-def test_project_http_backend_against_the_server(base_url: str, model_id: str) -> None:
-    """The model layer's HTTP backend end to end against the project's own server: the same
-    path construct takes in the demo, here with the local backend's answers as the reference."""
-    from bpo_ray.models import ChatRequest, build_backend
-
-    spec = ModelSpec(provider="openai", model=model_id, base_url=base_url, supports_prefill=True,
-                     sampling={"max_tokens": 6}, rate_limit={"requests_per_s": 50})
-    local = build_backend(ModelSpec(provider="local", model=model_id, sampling={"max_tokens": 6}))
-    requests = [ChatRequest([{"role": "user", "content": f"question {i}"}]) for i in range(4)]
-    requests.append(ChatRequest([{"role": "user", "content": "go"}], prefill="Answer:"))
-    requests.append(ChatRequest([{"role": "user", "content": "x" * (MAX_POSITIONS + 100)}]))
-
+def answer_both(spec: ModelSpec, local, requests: list[ChatRequest]):
+    """The same requests through the HTTP backend (the server) and in process."""
     async def both():
         http = build_backend(spec)
         try:
@@ -231,9 +293,45 @@ def test_project_http_backend_against_the_server(base_url: str, model_id: str) -
         finally:
             await http.aclose()
 
-    over_http, in_process = asyncio.run(both())
+    return asyncio.run(both())
+
+
+def test_project_http_backend_against_the_server(base_url: str, model_id: str) -> None:
+    """The model layer's HTTP backend end to end against the project's own server: the same
+    path construct takes in the demo, here with the local backend's answers as the reference."""
+    spec = ModelSpec(provider="openai", model=model_id, base_url=base_url, supports_prefill=True,
+                     sampling={"max_tokens": 6}, rate_limit={"requests_per_s": 50})
+    local = build_backend(ModelSpec(provider="local", model=model_id, sampling={"max_tokens": 6}))
+    requests = [ChatRequest([{"role": "user", "content": f"question {i}"}]) for i in range(4)]
+    requests.append(ChatRequest([{"role": "user", "content": "go"}], prefill="Answer:"))
+    requests.append(ChatRequest([{"role": "user", "content": "x" * (MAX_POSITIONS + 100)}]))
+
+    over_http, in_process = answer_both(spec, local, requests)
     for remote, direct in zip(over_http[:5], in_process[:5]):
         assert remote.ok and remote.texts == direct.texts  # greedy: identical through HTTP
         assert remote.prompt_tokens == direct.prompt_tokens and remote.requests == 1
     too_long = over_http[5]
     assert not too_long.ok and not too_long.retryable and too_long.retries == 0 and "HTTP 400" in too_long.error
+
+
+def test_raw_text_over_http_matches_in_process(base_url: str, model_id: str) -> None:
+    """Raw text through the HTTP backend (the completions API) and the local backend on the same
+    folder: the same greedy answers, token counts and logprobs; a chat in the same batch."""
+    spec = ModelSpec(provider="openai", model=model_id, base_url=base_url, sampling={"max_tokens": 6})
+    local = build_backend(ModelSpec(provider="local", model=model_id, sampling={"max_tokens": 6}))
+    requests = [ChatRequest([], prompt=OptimizerTemplate().wrap(None, f"question {i}")) for i in range(3)]
+    requests.append(ChatRequest([], prompt=PROMPT, add_special_tokens=False, logprobs=True, top_logprobs=2))
+    requests.append(ChatRequest(USER))
+    requests.append(ChatRequest([], prompt="x" * (MAX_POSITIONS + 100)))
+
+    over_http, in_process = answer_both(spec, local, requests)
+    for remote, direct in zip(over_http[:5], in_process[:5]):
+        assert remote.ok and remote.texts == direct.texts  # greedy: identical through HTTP
+        assert remote.prompt_tokens == direct.prompt_tokens and remote.requests == 1
+    [remote_tokens], [direct_tokens] = over_http[3].logprobs, in_process[3].logprobs
+    assert [t.token for t in remote_tokens] == [t.token for t in direct_tokens]
+    for remote, direct in zip(remote_tokens, direct_tokens):
+        assert remote.logprob == pytest.approx(direct.logprob, abs=1e-4)
+        assert {token for token, _ in remote.top} == {token for token, _ in direct.top}
+    too_long = over_http[5]
+    assert not too_long.ok and not too_long.retryable and "HTTP 400" in too_long.error

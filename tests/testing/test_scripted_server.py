@@ -107,6 +107,24 @@ def test_reply_fn_and_scripted_content(make_server) -> None:
     assert second.choices[0].message.content == "echo 2"
 
 
+def test_text_completion_route_shares_the_script(make_server) -> None:
+    server = make_server(script=[Fault(status=429, retry_after=0.5)])
+    client = _client(server)
+    with pytest.raises(openai.RateLimitError):
+        client.completions.create(model="m", prompt="make this prompt better")
+    resp = client.completions.create(model="req-model", prompt="make this prompt better", n=2)
+    assert resp.object == "text_completion" and resp.id.startswith("cmpl-")
+    assert resp.model == "req-model"
+    assert [c.index for c in resp.choices] == [0, 1]
+    for choice in resp.choices:
+        assert choice.text == "Optimized Instruction: make this prompt better"
+        assert choice.finish_reason == "stop" and choice.logprobs is None
+    # prompt: 4 words; completion: 6 words per choice.
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (4, 12)
+    assert server.stats.requests == 2 and server.stats.by_status == {429: 1, 200: 1}
+    assert server.stats.bodies[-1]["prompt"] == "make this prompt better"
+
+
 def test_scripted_429_then_success(make_server) -> None:
     server = make_server(script=[Fault(status=429, retry_after=1.5)])
     client = _client(server)
