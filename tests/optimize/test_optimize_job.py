@@ -193,3 +193,22 @@ def test_a_column_typed_differently_in_two_files_is_a_clear_error(tmp_path):
     b = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "Two?", "tag": "x"}])
     with ScriptedOpenAIServer() as srv, pytest.raises(InputError, match="different types in different input files"):
         run_optimize(http_config(tmp_path, srv.base_url, [str(a), str(b)]))
+
+
+def test_semantic_gate_rejects_a_rewrite_that_drifts_in_meaning(tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"id": "bread", "prompt": "How do I bake bread at home?"},
+                                              {"id": "drift", "prompt": "How do I fix a flat bicycle tyre?"}])
+
+    def reply(body: dict) -> str:
+        if "bread" in user_text(body):
+            return "What is a simple, step-by-step way to bake bread in my home kitchen?"
+        return "Explain the causes of the French Revolution in detail."
+
+    with ScriptedOpenAIServer(reply_fn=reply) as srv:
+        summary = run_optimize(http_config(tmp_path, srv.base_url, [str(data)],
+                                           semantic_gate={"min_similarity": 0.5}))
+    assert summary["rows_out"] == 1 and summary["reject_reasons"] == {"semantic gate": 1}
+    (kept,) = table(tmp_path / "out", "optimized")
+    assert kept["id"] == "bread" and kept["similarity"] > 0.5
+    (rejected,) = table(tmp_path / "out", "rejected")
+    assert rejected["id"] == "drift" and rejected["reason"].startswith("semantic gate: similarity 0.")
