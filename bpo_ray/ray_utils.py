@@ -32,6 +32,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     import ray
 
     if ray.is_initialized():
+        quiet_ray_data()  # a notebook's or a benchmark's own Ray: the job's terminal all the same
         return
     # Ray's INFO lines and its workers' output (Serve access logs, Train reports) stay in the
     # session's log folder (`ray logs`, the dashboard); the job prints its own progress, and a

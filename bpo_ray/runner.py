@@ -11,6 +11,7 @@ blocks finish, and DIR/summary.json with `rows_in = rows_skipped + rows_out + ro
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -202,8 +203,17 @@ def _pending_rows(plan: StagePlan):
     # One batch per block: a block's rows reach the ledger when its last row is done, so small
     # blocks keep what a kill loses small. Materialized before the pool starts: these CPU
     # tasks must not wait for CPUs the actors (or a model server on the node) already hold.
-    todo = todo.repartition(target_num_rows_per_block=_batch_size(plan.steps[0].spec)).materialize()
-    return rows.count(), todo, _input_schema(rows)
+    todo = todo.materialize()
+    first = plan.steps[0].spec
+    todo = todo.repartition(_block_count(todo.count(), _batch_size(first), _pool_size(first, plan.config)))
+    return rows.count(), todo.materialize(), _input_schema(rows)
+
+
+def _block_count(rows: int, batch: int, actors: int) -> int:
+    """Equal blocks of at most `batch` rows, as many as a multiple of the pool size where the
+    rows allow: a short tail block would leave all actors but one idle at the end."""
+    blocks = max(1, math.ceil(rows / batch))
+    return max(1, min(rows, math.ceil(blocks / actors) * actors))
 
 
 def _input_schema(rows) -> pa.Schema:
@@ -230,8 +240,11 @@ def _pipeline(plan: StagePlan, todo, api_keys: list[str | None]):
 
     blocks = todo.num_blocks()  # materialized: no pool needs more actors than this
     if plan.route_by:
-        branches = [_start_pool(plan, step, todo.filter(expr=col(plan.route_by) == step.name), key, blocks)
-                    for step, key in zip(plan.steps, api_keys)]
+        # Each branch's rows are picked out before any pool starts: a filter task queued behind
+        # actors that hold every CPU would never run.
+        inputs = [todo.filter(expr=col(plan.route_by) == step.name).materialize() for step in plan.steps]
+        branches = [_start_pool(plan, step, rows, key, blocks)
+                    for step, rows, key in zip(plan.steps, inputs, api_keys)]
         return branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
     for step, key in zip(plan.steps, api_keys):
         todo = _start_pool(plan, step, todo, key, blocks)
@@ -256,7 +269,7 @@ def _start_pool(plan: StagePlan, step: StageStep, rows, api_key: str | None, blo
             # reprs and logs, and it is never part of a runtime environment or job metadata.
             "api_key": SecretStr(api_key) if api_key else None,
         },
-        batch_size=_batch_size(spec),
+        batch_size=None,  # one block per call: blocks are cut to the batch size above
         batch_format="pyarrow",
         compute=_pool(spec, cfg, blocks=blocks),
         **actor_resources(spec, cluster_gpus=cluster_gpus(), num_cpus=cfg.cpus_per_actor,
@@ -300,17 +313,23 @@ def _sum(column) -> int:
     return pc.sum(pc.cast(column, pa.int64())).as_py() or 0
 
 
+def _pool_size(spec: ModelSpec, cfg: StageJobConfig) -> int:
+    return cfg.num_actors or (2 if spec.is_http else 1)
+
+
 def _pool(spec: ModelSpec, cfg: StageJobConfig, *, blocks: int):
     import ray.data
 
     # No more actors than blocks: an actor with nothing to do still loads its model.
-    size = max(1, min(cfg.num_actors or (2 if spec.is_http else 1), blocks))
+    size = max(1, min(_pool_size(spec, cfg), blocks))
     if spec.is_http:
         # Two blocks at once per actor: while one block's slowest requests finish, the next
         # block's rows already wait for the freed connection slots (the backend caps requests
         # in flight at spec.concurrency), so small blocks cost no throughput.
         return ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=2)
-    return ray.data.ActorPoolStrategy(size=size)
+    # A model computes one block at a time; a second block queued on a busy actor would wait
+    # there while another actor sits idle.
+    return ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1)
 
 
 def check_accounting(summary: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 from bpo_ray.length_filter import LengthFilter
@@ -38,6 +39,8 @@ class OptimizeStage(ModelStage):
         self.length_filter = LengthFilter.model_validate(length_filter or {})
         self.gate = SemanticGate.model_validate(semantic_gate or {})
         self._embedder = None
+        # An HTTP actor runs two blocks at once: one embedder, loaded and used by one at a time.
+        self._embed_lock = threading.Lock()
         stops = [*(self.spec.sampling.stop or []), *self.template.stop]
         self._sampling = {"stop": stops} if stops else {}
 
@@ -59,11 +62,12 @@ class OptimizeStage(ModelStage):
         return [[next(scores) if w.usable else -1.0 for w in v] for v in verdicts]
 
     def _embed(self, pairs: list[tuple[str, str]]) -> list[float]:
-        if self._embedder is None:  # loaded once per actor, on first use
-            from bpo_ray.optimize.similarity import SentenceEmbedder
+        with self._embed_lock:
+            if self._embedder is None:  # loaded once per actor, on first use
+                from bpo_ray.optimize.similarity import SentenceEmbedder
 
-            self._embedder = SentenceEmbedder(self.gate.model)
-        return self._embedder.similarity([a for a, _ in pairs], [b for _, b in pairs])
+                self._embedder = SentenceEmbedder(self.gate.model)
+            return self._embedder.similarity([a for a, _ in pairs], [b for _, b in pairs])
 
     def _finish(self, row: Row, reply: ChatResult, rewrites: list[Rewrite], scores: list[float]) -> Row:
         out = {**row, **self.usage(reply), "optimizer": self.spec.display_name(), "mode": self.mode}
