@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bpo_ray.data.files import FILE_EXTENSIONS, parse_records, read_rows  # noqa: F401 (re-exported)
 from bpo_ray.data.ledger import row_key
-from bpo_ray.data.rows import STATUS_OK, STATUS_REJECTED
+from bpo_ray.data.rows import STATUS_OK, STATUS_REJECTED, first_field
 
 
 class FeedbackFields(BaseModel):
@@ -56,12 +56,12 @@ def normalize_feedback(record: Any, *, source: str, index: int, fields: Feedback
            "bad_res": "", "source": where, "status": STATUS_OK, "reason": ""}
     if not isinstance(record, dict):
         return {**row, "status": STATUS_REJECTED, "reason": f"row {index} is not an object"}
-    if (rid := _first(record, fields.id)) is not None:
+    if (rid := first_field(record, fields.id)) is not None:
         row["id"] = str(rid[1])
     problems = []
     for column, names, required in (("instruction", fields.instruction, True), ("context", fields.context, False),
                                     ("good_res", fields.good, True), ("bad_res", fields.bad, True)):
-        found = _first(record, names)
+        found = first_field(record, names)
         if found is None:
             if required:
                 problems.append(f"missing field {column} (looked for {', '.join(names)})")
@@ -84,10 +84,3 @@ def normalize_feedback(record: Any, *, source: str, index: int, fields: Feedback
     if problems:
         row.update(status=STATUS_REJECTED, reason="; ".join(problems))
     return row
-
-
-def _first(record: dict, names: list[str]) -> tuple[str, Any] | None:
-    for name in names:
-        if name in record:
-            return name, record[name]
-    return None

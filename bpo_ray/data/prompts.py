@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bpo_ray.data.files import read_rows
 from bpo_ray.data.ledger import row_key
-from bpo_ray.data.rows import STATUS_OK, STATUS_REJECTED
+from bpo_ray.data.rows import STATUS_OK, STATUS_REJECTED, first_field
 
 # Columns every prompt row has, in this order; input columns follow.
 PROMPT_COLUMNS = ("id", "dataset", "prompt", "context", "source", "status", "reason")
@@ -66,11 +66,11 @@ def normalize_prompt(record: Any, *, source: str, index: int, fields: PromptFiel
     if not isinstance(record, dict):
         return {**row, "status": STATUS_REJECTED, "reason": f"row {index} is not an object"}
     problems = []
-    if (found := _first(record, fields.id)) is not None:
+    if (found := first_field(record, fields.id)) is not None:
         row["id"] = str(found[1])
-    if (found := _first(record, fields.dataset)) is not None and isinstance(found[1], str) and found[1]:
+    if (found := first_field(record, fields.dataset)) is not None and isinstance(found[1], str) and found[1]:
         row["dataset"] = found[1]
-    found = _first(record, fields.prompt)
+    found = first_field(record, fields.prompt)
     if found is None:
         problems.append(f"missing field prompt (looked for {', '.join(fields.prompt)})")
     else:
@@ -80,7 +80,7 @@ def normalize_prompt(record: Any, *, source: str, index: int, fields: PromptFiel
             problems.append(problem)
         elif not prompt.strip():
             problems.append(f"empty prompt (field {found[0]})")
-    if (found := _first(record, fields.context)) is not None and found[1] is not None:
+    if (found := first_field(record, fields.context)) is not None and found[1] is not None:
         if isinstance(found[1], str):
             row["context"] = found[1]
         else:
@@ -119,10 +119,3 @@ def carried_columns(record: dict, row: dict, reserved: tuple[str, ...]) -> dict:
             continue  # the row's own column holds it (as text)
         out[f"input_{name}" if name in taken else name] = value
     return out
-
-
-def _first(record: dict, names: list[str]) -> tuple[str, Any] | None:
-    for name in names:
-        if name in record:
-            return name, record[name]
-    return None

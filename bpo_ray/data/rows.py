@@ -8,7 +8,7 @@ way everywhere.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from typing import Any, Iterable
 
 STATUS_OK = "ok"
 STATUS_REJECTED = "rejected"
@@ -23,3 +23,12 @@ def reason_label(reason: str) -> str:
 def count_reasons(reasons: Iterable[str]) -> dict[str, int]:
     """{label: count}, most frequent first."""
     return dict(Counter(reason_label(r) for r in reasons).most_common())
+
+
+def first_field(record: dict, names: list[str]) -> tuple[str, Any] | None:
+    """(name, value) of the first of `names` the record has: how every reader finds a field
+    that goes by several names in different datasets."""
+    for name in names:
+        if name in record:
+            return name, record[name]
+    return None
