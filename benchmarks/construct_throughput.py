@@ -1,11 +1,12 @@
 """Construct throughput against a rate-limited, fixed-latency OpenAI-compatible server.
 
-    .venv/bin/python benchmarks/construct_throughput.py [--rows 500] [--latency 0.3] [--limit 20]
+    .venv/bin/python benchmarks/construct_throughput.py [--limit 20 200] [--rows N] [--concurrency 128]
 
 The server (bpo_ray.testing.scripted_server) answers every request after `--latency` seconds
-and returns 429 above `--limit` requests/s (sliding 1 s window). Two clients build pairs from
-the public BPO feedback (`bpo:feedback_val` and `bpo:bpo_test`: $BPO_RAY_DATA_DIR, else
-../shared/data/bpo beside the repo, else downloaded once):
+and returns 429 above the limit (sliding 1 s window). For each `--limit`, two clients build pairs
+from the public BPO feedback (`bpo:feedback_val` and `bpo:bpo_test`: $BPO_RAY_DATA_DIR, else
+../shared/data/bpo beside the repo, else downloaded once; repeated with numbered instructions
+where `--rows` asks for more than their 500 rows):
   (a) the original BPO way: one blocking request after another (openai sync client);
   (b) bpo-ray: `run_construct` on a local Ray (actor pool, async requests, shared limiter).
 Both rates are measured by the server (200 replies/s from first to last) in this one run.
@@ -17,11 +18,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import openai
+from rate_limited import row_counts  # benchmarks/ (the script's folder) is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "bpo"
@@ -49,60 +50,76 @@ def sequential_baseline(base_url: str, rows: list[dict], server) -> dict:
     return {"rows": len(rows), "wall_s": round(wall, 2), "requests_per_s": round(server.ok_rate(), 2)}
 
 
-def bpo_ray_run(base_url: str, inputs: list[str], rows: int, limit_rps: float, out: str, server) -> dict:
+def bpo_ray_run(base_url: str, inputs: list[str], rows: int, limit_rps: float, concurrency: int, out: str,
+                server) -> dict:
     from bpo_ray.construct.config import ConstructConfig
     from bpo_ray.construct.job import run_construct
 
     cfg = ConstructConfig(input=inputs, output=out, limit=rows, model={
         "provider": "openai", "model": "bench", "base_url": base_url, "api_key_env": "BENCH_KEY",
-        "concurrency": 16, "rate_limit": {"requests_per_s": limit_rps}, "max_retries": 8})
-    summary = run_construct(cfg)
-    lost = summary["rows_in"] - summary["rows_out"] - summary["rows_rejected"]
-    return {"rows": summary["rows_in"], "wall_s": summary["wall_s"], "requests_per_s": round(server.ok_rate(), 2),
-            "server_429": server.stats.by_status.get(429, 0), "retries": summary["retries"],
-            "rows_out": summary["rows_out"], "rows_rejected": summary["rows_rejected"], "rows_lost": lost}
+        "concurrency": concurrency, "rate_limit": {"requests_per_s": limit_rps}, "max_retries": 8})
+    return row_counts(run_construct(cfg), server)
+
+
+def feedback_rows(inputs: list[str], rows: int, folder: str) -> list[str]:
+    """The public files, or, for more rows than they hold, one JSONL file that repeats them with
+    numbered instructions (distinct rows: each has its own resume key)."""
+    records = json.loads(Path(inputs[0]).read_text()) + json.loads(Path(inputs[1]).read_text())
+    if rows <= len(records):
+        return inputs
+    path = Path(folder) / "feedback.jsonl"
+    with path.open("w") as out:
+        for i in range(rows):
+            record = dict(records[i % len(records)])
+            field = "instruction" if "instruction" in record else "prompt"
+            record[field] = f"{record[field]} (#{i})"
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return [str(path)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=500, help="rows for bpo-ray (the baseline gets --baseline-rows)")
+    parser.add_argument("--limit", type=float, nargs="+", default=[20.0, 200.0],
+                        help="server rate limits to sweep, requests/s")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="rows for bpo-ray (default: 20 s of work at each limit, at least 500)")
     parser.add_argument("--baseline-rows", type=int, default=40)
     parser.add_argument("--latency", type=float, default=0.3)
-    parser.add_argument("--limit", type=float, default=20.0, help="server rate limit, requests/s")
+    parser.add_argument("--concurrency", type=int, default=128, help="requests in flight per stage actor")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
-    from bpo_ray.testing.scripted_server import ScriptedOpenAIServer
+    from rate_limited import at_limits  # benchmarks/ (the script's folder) is on sys.path
 
     if DATA.is_dir():
         os.environ.setdefault("BPO_RAY_DATA_DIR", str(DATA))
+    import ray
+
     from bpo_ray.data.public import resolve_inputs
 
-    inputs = resolve_inputs(["bpo:feedback_val", "bpo:bpo_test"])
-    feedback = json.loads(Path(inputs[0]).read_text())
+    public = resolve_inputs(["bpo:feedback_val", "bpo:bpo_test"])
+    feedback = json.loads(Path(public[0]).read_text())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    results, lines = [], []
 
-    with ScriptedOpenAIServer(reply_fn=reply, latency_s=args.latency, rate_limit_rps=args.limit, model="bench") as server:
-        base = sequential_baseline(server.base_url, feedback[: args.baseline_rows], server)
-    with ScriptedOpenAIServer(reply_fn=reply, latency_s=args.latency, rate_limit_rps=args.limit, model="bench") as server:
-        import ray
+    def ours(server, limit: float, tmp: str) -> dict:
+        rows = args.rows or max(500, int(20 * limit))
+        return bpo_ray_run(server.base_url, feedback_rows(public, rows, tmp), rows, limit, args.concurrency,
+                           f"{tmp}/out", server)
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        with tempfile.TemporaryDirectory() as out:
-            ours = bpo_ray_run(server.base_url, inputs, args.rows, args.limit, out, server)
-        ray.shutdown()
-
-    result = {
-        "server": {"latency_s": args.latency, "limit_rps": args.limit},
-        "a_sequential": base,
-        "b_bpo_ray": ours,
-        "speedup_b_over_a": round(ours["requests_per_s"] / base["requests_per_s"], 2),
-        "b_share_of_limit": round(ours["requests_per_s"] / args.limit, 3),
-    }
-    print(json.dumps(result, indent=2))
-    print(f"\n| construct, {args.latency * 1000:.0f} ms latency, {args.limit:g} req/s limit | "
-          f"{base['requests_per_s']} req/s | {ours['requests_per_s']} req/s | "
-          f"{result['speedup_b_over_a']}x | {result['b_share_of_limit']:.1%} of limit | "
-          f"{ours['rows_lost']} rows lost, {ours['server_429']} × 429 |")
+    for result in at_limits(args.limit, args.latency, reply,
+                            lambda server: sequential_baseline(server.base_url, feedback[: args.baseline_rows], server),
+                            ours, args.concurrency):
+        base, run, limit = result["a_sequential"], result["b_bpo_ray"], result["server"]["limit_rps"]
+        results.append(result)
+        lines.append(f"| construct, {args.latency * 1000:.0f} ms latency, {limit:g} req/s limit ({run['rows']} rows, "
+                     f"--concurrency {args.concurrency}) | {base['requests_per_s']} req/s | "
+                     f"{run['requests_per_s']} req/s | {result['speedup_b_over_a']}x | "
+                     f"{result['b_share_of_limit']:.1%} of limit | "
+                     f"{run['rows_lost']} rows lost, {run['server_429']} × 429 |")
+    ray.shutdown()
+    print(json.dumps(results, indent=2))
+    print("\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from bpo_ray.terminal import console  # one stderr console for logs, progress an
 
 app = typer.Typer(
     name="bpo-ray",
-    help="Black-Box Prompt Optimization on Ray: construct, train, optimize, evaluate, serve.",
+    help="Black-Box Prompt Optimization on Ray: construct, train, optimize, generate, evaluate, report, pipeline.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -56,7 +56,8 @@ def _fields(prompt_field: str | None, context_field: str | None, id_field: str |
             "fields.id": [id_field] if id_field else None}
 
 
-def _run_job(title: str, config_cls: Any, config: Path | None, overrides: dict[str, Any], run: Any) -> None:
+def _run_job(title: str, config_cls: Any, config: Path | None, overrides: dict[str, Any], run: Any,
+             show: Any = None) -> None:
     """Load the config (file + flags), run the job, print its summary; a BpoRayError is one line."""
     from bpo_ray.config import load_config
 
@@ -64,7 +65,7 @@ def _run_job(title: str, config_cls: Any, config: Path | None, overrides: dict[s
         summary = run(load_config(config_cls, config, overrides))
     except BpoRayError as exc:
         _fail(exc)
-    print_summary(title, summary)
+    (show or print_summary)(title, summary)
 
 
 def _fail(exc: BpoRayError) -> None:
@@ -78,11 +79,30 @@ def _setup_logging(verbose: bool) -> None:
     setup_console_logging(verbose)
 
 
-def print_summary(title: str, summary: dict[str, Any]) -> None:
+def print_summary(title: str, summary: dict[str, Any], *, skip: tuple[str, ...] = ()) -> None:
+    from rich.text import Text
+
     table = Table(title=title, show_header=False, title_justify="left")
     for key, value in summary.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+        if key not in skip:  # Text: brackets in values ([0.1, 0.3]) are data, not rich markup
+            table.add_row(key, Text(json.dumps(value) if isinstance(value, (dict, list)) else str(value)))
     Console().print(table)
+
+
+# evaluate's statistics: shown as a table of groups, not as JSON lines (all in summary.json).
+EVALUATE_GROUPS = ("overall", "by_dataset", "by_target", "by_category", "by_target_dataset", "mean_delta_wr_by_target")
+
+
+def print_evaluate_summary(title: str, summary: dict[str, Any]) -> None:
+    from bpo_ray.report.report import groups_table
+
+    print_summary(title, summary, skip=EVALUATE_GROUPS)
+    if summary.get("overall"):
+        groups = {"overall": summary["overall"],
+                  **{f"dataset {k}": v for k, v in summary["by_dataset"].items()},
+                  **({f"target {k}": v for k, v in summary["by_target"].items()} if len(summary["by_target"]) > 1 else {})}
+        Console().print(groups_table("win / tie / lose of the optimized prompt's answer (statistics: summary.json)",
+                                     groups))
 
 
 # Options several verbs share (typer reads them from each signature).
@@ -285,6 +305,72 @@ def sft_rewrite(
 
 
 @app.command()
+def evaluate(
+    input: list[str] = typer.Option(None, "--input", "-i", help="generate's output folder, or files with a prompt, "
+                                    "optional context, original_response and optimized_response (repeatable)."),
+    output: Optional[str] = OUTPUT,
+    config: Optional[Path] = CONFIG,
+    judge: Optional[str] = typer.Option(None, help="Judge model: a name behind --base-url, an HF folder, or "
+                                        "'embedded' (default; a 135M judge tests the pipeline, not BPO)."),
+    base_url: Optional[str] = BASE_URL,
+    api_key_env: Optional[str] = API_KEY_ENV,
+    provider: Optional[str] = PROVIDER,
+    judge_prompt: Optional[str] = typer.Option(None, help="pairwise (default; [[A]]/[[B]]/[[C]]), ranking (JSON "
+                                               "ranking, the paper's Claude judge), or a YAML/JSON prompt file."),
+    orders: Optional[str] = typer.Option(None, help="both (default: each pair in either order; a flip is a tie) "
+                                         "or random (one seeded order per pair, the paper's protocol)."),
+    verdict: Optional[str] = typer.Option(None, help="text (default: parse the reply) or logprobs (P(A/B/C) at "
+                                          "the verdict token)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of random orders and the bootstrap (default: 0)."),
+    max_tokens: Optional[int] = typer.Option(None, help="Judge token budget for this run; the rest is reported "
+                                             "as not judged and a re-run continues."),
+    concurrency: Optional[int] = CONCURRENCY,
+    batch_size: Optional[int] = BATCH_SIZE,
+    rate_limit: Optional[float] = RATE_LIMIT,
+    limit: Optional[int] = typer.Option(None, help="Judge only the first N pairs."),
+    num_actors: Optional[int] = NUM_ACTORS,
+    output_format: Optional[str] = FORMAT,
+    ray_address: Optional[str] = RAY_ADDRESS,
+    verbose: bool = VERBOSE,
+) -> None:
+    """Judge the answers to original vs optimized prompts pairwise: win / tie / lose with a 95% CI."""
+    from bpo_ray.evaluate.config import EvaluateConfig
+    from bpo_ray.evaluate.job import run_evaluate
+
+    _setup_logging(verbose)
+    overrides = {**_job_overrides(input=input, output=output, limit=limit, num_actors=num_actors,
+                                  output_format=output_format, ray_address=ray_address),
+                 **_model_overrides("judge", model=judge, base_url=base_url, api_key_env=api_key_env,
+                                    provider=provider, concurrency=concurrency, batch_size=batch_size,
+                                    rate_limit=rate_limit),
+                 "judge_prompt": judge_prompt, "orders": orders, "verdict": verdict, "seed": seed,
+                 "max_tokens": max_tokens}
+    _run_job("evaluate summary", EvaluateConfig, config, overrides, run_evaluate, show=print_evaluate_summary)
+
+
+@app.command()
+def report(
+    input: list[str] = typer.Option(None, "--input", "-i", help="evaluate output folders (repeatable)."),
+    output: Optional[str] = OUTPUT,
+    config: Optional[Path] = CONFIG,
+    paper: Optional[bool] = typer.Option(None, "--paper/--no-paper", help="Set the paper's own figures (GPT-4 "
+                                         "judge) beside this run's, labelled as the paper's."),
+) -> None:
+    """Write report.md (the paper's table layout, per-category breakdown) and chart.png from evaluate runs."""
+    from bpo_ray.config import load_config
+    from bpo_ray.report.report import ReportConfig, print_table, run_report
+
+    _setup_logging(False)
+    try:
+        result = run_report(load_config(ReportConfig, config, {"input": input or None, "output": output,
+                                                               "paper": paper}))
+    except BpoRayError as exc:
+        _fail(exc)
+    print(print_table(result), end="")  # a wide plain table, readable in a log as on a terminal
+    console.print(f"report: {result['report_md']}  chart: {result['chart_png']}")
+
+
+@app.command()
 def train(
     input: list[str] = typer.Option(None, "--input", "-i", help="Pairs: a construct output folder, or JSON/JSONL/Parquet pair files (repeatable)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Folder for the trained optimizer (HF format + template + card)."),
@@ -347,22 +433,39 @@ def serve_model(
 
 
 @app.command()
-def demo(
-    output: str = typer.Option("runs/demo", help="Where the demo writes its outputs."),
-    port: int = typer.Option(8011, help="Port of the demo's model server."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N demo rows."),
-    train: bool = typer.Option(True, help="Also fine-tune the embedded model on the pairs (Ray Train + DeepSpeed)."),
+def pipeline(
+    config: Path = typer.Option(..., "--config", "-c", help="Pipeline YAML: output (the run folder), then one "
+                                "section per stage (construct, train, optimize, generate, evaluate, report), "
+                                "each that verb's own config."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="The run folder (overrides the config's)."),
+    ray_address: Optional[str] = RAY_ADDRESS,
+    verbose: bool = VERBOSE,
 ) -> None:
-    """End to end on the embedded default: serve SmolLM2-135M over the OpenAI-compatible API on
-    a local Ray, construct optimized prompts from the bundled sample feedback, fine-tune on them."""
+    """construct -> train -> optimize -> generate -> evaluate -> report from one config; a re-run resumes."""
+    from bpo_ray.config import load_config
+    from bpo_ray.pipeline.config import PipelineConfig
+    from bpo_ray.pipeline.run import run_pipeline
+
+    _setup_logging(verbose)
+    try:
+        run_pipeline(load_config(PipelineConfig, config, {"output": output, "ray_address": ray_address}))
+    except BpoRayError as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(
+    output: str = typer.Option("runs/demo", help="The run folder; delete it to start over."),
+) -> None:
+    """The whole pipeline on the embedded default (SmolLM2-135M on CPU, no API key): construct pairs from
+    sample feedback, fine-tune the optimizer, rewrite sample prompts, answer, judge, report."""
     from bpo_ray.demo import run_demo
 
     _setup_logging(False)
     try:
-        summary = run_demo(output=output, port=port, limit=limit, train=train)
+        run_demo(output=output)
     except BpoRayError as exc:
         _fail(exc)
-    print_summary("construct summary (demo)", summary)
 
 
 @app.command("fetch-data")

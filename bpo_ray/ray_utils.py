@@ -11,6 +11,7 @@ from typing import Any, Callable, TypeVar
 from bpo_ray.errors import BpoRayError, ConfigError
 
 log = logging.getLogger(__name__)
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 T = TypeVar("T")
 
 # How long a GCS gets to accept a TCP connection. A live one answers in milliseconds, even
@@ -40,7 +41,17 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     kwargs = {"log_to_driver": False, "logging_level": logging.WARNING}
     join = address_to_join(address)
     if join == "local":
-        ray.init(address=join, num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # Token auth is Ray 2.60's secure default for a new local cluster, and Ray says so in a
+        # warning on every start while RAY_AUTH_MODE is unset: news for a cluster operator, not
+        # for someone running a job on a laptop. It goes to the log file instead.
+        auth_log = logging.getLogger(RAY_AUTH_LOGGER)
+        level = auth_log.level
+        auth_log.setLevel(logging.ERROR if "RAY_AUTH_MODE" not in os.environ else level)
+        try:
+            ray.init(address=join, num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        finally:
+            auth_log.setLevel(level)
+        log.info("local Ray started (auth mode: %s)", os.environ.get("RAY_AUTH_MODE", "token, Ray's default"))
     else:
         ray.init(address=join, **kwargs)  # Ray refuses num_cpus for a cluster it joins
     quiet_ray_data()

@@ -18,8 +18,9 @@ from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from bpo_ray.config import Paths
 from bpo_ray.data.ledger import (
     OutputFormat,
     TableWriter,
@@ -44,7 +45,7 @@ class StageJobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    input: list[str] = Field(..., min_length=1, description="Input files or folders (JSON, JSONL, Parquet; paths, URIs or bpo:NAME).")
+    input: Paths = Field(..., min_length=1, description="Input files or folders (JSON, JSONL, Parquet; paths, URIs or bpo:NAME).")
     output: str = Field(..., description="Output folder; re-running into it resumes.")
     limit: int | None = Field(None, ge=1, description="Use only the first N input rows.")
     num_actors: int | None = Field(None, ge=1, description="Stage actors (default: 2 for HTTP models, 1 per local model).")
@@ -53,11 +54,6 @@ class StageJobConfig(BaseModel):
     output_format: OutputFormat = Field("parquet", description="parquet or jsonl.")
     flush_s: float = Field(5.0, gt=0, description="Seconds between ledger flushes: a killed job re-pays at most this much finished work.")
     ray_address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _one_or_many(cls, value):
-        return [value] if isinstance(value, str) else value
 
 
 @dataclass
@@ -82,6 +78,14 @@ class OutputTable:
     def rows(self, batch: pa.Table) -> list[dict]:
         names = self.names(batch.schema)
         return batch.select(names).rename_columns([self.rename.get(c, c) for c in names]).to_pylist()
+
+
+@dataclass(frozen=True)
+class OnCluster:
+    """A stage constructor argument made once the job is on Ray, shared by every actor of the
+    step (evaluate's token budget is a small actor that must exist before the pool starts)."""
+
+    make: Callable[[], Any]
 
 
 @dataclass
@@ -200,12 +204,12 @@ def _pending_rows(plan: StagePlan):
         plan.rejected_table.name: lambda t: t.filter(pc.invert(t.column("retryable"))),
     })
     todo = rows.filter(expr=col("key").not_in(sorted(done))) if done else rows
-    # One batch per block: a block's rows reach the ledger when its last row is done, so small
-    # blocks keep what a kill loses small. Materialized before the pool starts: these CPU
-    # tasks must not wait for CPUs the actors (or a model server on the node) already hold.
+    # A block's rows reach the ledger when its last row is done, so small blocks keep what a
+    # kill loses small (`_block_rows`). Materialized before the pool starts: these CPU tasks
+    # must not wait for CPUs the actors (or a model server on the node) already hold.
     todo = todo.materialize()
     first = plan.steps[0].spec
-    todo = todo.repartition(_block_count(todo.count(), _batch_size(first), _pool_size(first, plan.config)))
+    todo = todo.repartition(_block_count(todo.count(), _block_rows(first), _pool_size(first, plan.config)))
     return rows.count(), todo.materialize(), _input_schema(rows)
 
 
@@ -263,7 +267,7 @@ def _start_pool(plan: StagePlan, step: StageStep, rows, api_key: str | None, blo
         step.stage,
         fn_constructor_args=(spec.model_dump(),),
         fn_constructor_kwargs={
-            **step.kwargs,
+            **{name: value.make() if isinstance(value, OnCluster) else value for name, value in step.kwargs.items()},
             "rate_limiter": limiter,
             # Actors on other nodes may lack the variable; SecretStr keeps the key out of
             # reprs and logs, and it is never part of a runtime environment or job metadata.
@@ -277,8 +281,24 @@ def _start_pool(plan: StagePlan, step: StageStep, rows, api_key: str | None, blo
     )
 
 
-def _batch_size(spec: ModelSpec) -> int:
-    return spec.concurrency if spec.is_http else spec.batch_size
+# An HTTP stage's blocks: a quarter of the concurrency, at most a quarter second's worth of the
+# rate limit, at least 8 rows. A block's rows reach the ledger when its last row is done, and
+# its rows are booked on the rate limiter together (so they are answered together): a kill
+# re-pays the few blocks being answered, not every finished row of big blocks. Not smaller:
+# Ray Data costs ~20 ms of CPU per block (actor and driver, measured with 8-row blocks), which
+# at 8 rows a block and 200 requests/s would take a quarter of a 2-core machine.
+HTTP_BLOCK_S = 0.25
+HTTP_MIN_BLOCK_ROWS = 8
+
+
+def _block_rows(spec: ModelSpec) -> int:
+    """Rows per block: a local model's batch, or a few rows of HTTP requests."""
+    if not spec.is_http:
+        return spec.batch_size
+    rows = math.ceil(spec.concurrency / 4)
+    if spec.rate_limit.requests_per_s:
+        rows = min(rows, math.ceil(spec.rate_limit.requests_per_s * HTTP_BLOCK_S))
+    return min(spec.concurrency, max(HTTP_MIN_BLOCK_ROWS, rows))
 
 
 class _Tally:
@@ -323,10 +343,12 @@ def _pool(spec: ModelSpec, cfg: StageJobConfig, *, blocks: int):
     # No more actors than blocks: an actor with nothing to do still loads its model.
     size = max(1, min(_pool_size(spec, cfg), blocks))
     if spec.is_http:
-        # Two blocks at once per actor: while one block's slowest requests finish, the next
-        # block's rows already wait for the freed connection slots (the backend caps requests
-        # in flight at spec.concurrency), so small blocks cost no throughput.
-        return ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=2)
+        # Enough blocks at once per actor to fill spec.concurrency, plus two: while a block's
+        # slowest requests finish, the next blocks' rows already wait for the freed connection
+        # slots (the backend caps requests in flight at spec.concurrency), so small blocks cost
+        # no throughput.
+        calls = math.ceil(spec.concurrency / _block_rows(spec)) + 2
+        return ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls)
     # A model computes one block at a time; a second block queued on a busy actor would wait
     # there while another actor sits idle.
     return ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1)

@@ -47,6 +47,29 @@ def test_repo_generate_configs_validate(path):
     assert len({t.target_name() for t in cfg.targets}) == len(cfg.targets) >= 1
 
 
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("pipeline-*.yaml")), ids=lambda p: p.name)
+def test_repo_pipeline_configs_validate(path):
+    from bpo_ray.pipeline.config import PipelineConfig
+
+    cfg = load_config(PipelineConfig, path, {"output": "runs/x"})
+    stages = cfg.stage_configs()
+    assert list(stages) == ["construct", "train", "optimize", "generate", "evaluate", "report"]
+    # Each stage reads the one before, all under the run folder.
+    assert stages["train"].input == ["runs/x/construct"] and stages["optimize"].optimizer.model == "runs/x/optimizer"
+    assert stages["generate"].input == ["runs/x/optimize"] and stages["evaluate"].input == ["runs/x/generate"]
+    assert stages["report"].input == ["runs/x/evaluate"]
+
+
+def test_pipeline_errors_name_the_section(tmp_path):
+    from bpo_ray.pipeline.config import PipelineConfig
+
+    path = tmp_path / "p.yaml"
+    path.write_text("output: out\noptimize: {input: [x.jsonl], mode: wild}\nevaluate: {orders: sometimes}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(PipelineConfig, path).stage_configs()
+    assert "optimize.mode" in str(err.value) and "evaluate.orders" in str(err.value)
+
+
 def test_flags_override_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("input: a.json\noutput: out\nmodel: {concurrency: 4, rate_limit: {requests_per_s: 5}}\n")

@@ -1,5 +1,5 @@
 """`ray job submit` of the jobs to a real head started here, as a cluster user would: construct,
-then optimize on its output, then generate on optimize's."""
+then optimize on its output, generate on optimize's, evaluate on generate's, and the report."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def reply(body: dict) -> str:
     """One scripted API for the three jobs: construction requests, optimizer requests (the chat
     layout: instruction, blank line, prompt), and target requests (anything else)."""
     content = body["messages"][0]["content"]
+    if "impartial judge" in content:  # evaluate's pairwise judge (its system message)
+        return "Answer B is better. [[B]]"
     if "[Instruction]\n" in content:
         instruction = content.split("[Instruction]\n", 1)[1].split("\n\n[", 1)[0]
         return f"Comparison: ok\nOptimized Instruction: {instruction} Please be thorough."
@@ -108,3 +110,30 @@ def test_jobs_via_ray_job_submit(ray_head, tmp_path, fixture_data):
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         generated = json.loads((tmp_path / "gen" / "summary.json").read_text())
         assert generated["rows_in"] == 4 and generated["rows_out"] == 4 and generated["requests"] == 8
+
+        job = submit(address, env, "evaluate", "--input", str(tmp_path / "gen"), "--output", str(tmp_path / "eval"),
+                     *api, "--judge", "scripted")
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        evaluated = json.loads((tmp_path / "eval" / "summary.json").read_text())
+        # The judge always says B: every pair flips with the order, so every pair is a tie.
+        assert evaluated["rows_out"] == 8 and evaluated["overall"]["tie"] == 4 and evaluated["overall"]["inconsistent"] == 4
+
+        job = submit(address, env, "report", "--input", str(tmp_path / "eval"), "--output", str(tmp_path / "report"))
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "0.0 / 100.0 / 0.0" in (tmp_path / "report" / "report.md").read_text()
+
+        # The pipeline from one config, starting from an optimizer behind the API.
+        api_model = {"provider": "openai", "model": "scripted", "base_url": srv.base_url}
+        config = tmp_path / "pipeline.yaml"
+        config.write_text(json.dumps({  # JSON is YAML
+            "output": str(tmp_path / "run"),
+            "optimize": {"input": [str(fixture_data / "testset_vicuna.jsonl")], "optimizer": api_model},
+            "generate": {"targets": [{**api_model, "name": "t"}]},
+            "evaluate": {"judge": api_model}}))
+        job = submit(address, env, "pipeline", "--config", str(config))
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    run = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list(run["stages"]) == ["optimize", "generate", "evaluate", "report"]
+    rows = run["stages"]["optimize"]["rows_out"]
+    assert rows > 0 and run["stages"]["evaluate"]["rows_out"] == 2 * rows
+    assert (tmp_path / "run" / "report" / "report.md").is_file()

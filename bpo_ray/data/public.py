@@ -63,11 +63,29 @@ FILES: dict[str, PublicFile] = {
 }
 
 
+DEMO_PREFIX = "demo:"
+"""`demo:feedback`, `demo:prompts`: the project's own sample data, shipped in the package."""
+
+
 def resolve_input(path: str) -> str:
-    """A local path for a `bpo:NAME` input (downloading it once if needed); other paths unchanged."""
+    """A local path for a `bpo:NAME` input (downloading it once if needed) or a `demo:NAME`
+    one (the packaged sample data); other paths unchanged."""
+    if path.startswith(DEMO_PREFIX):
+        return demo_file(path[len(DEMO_PREFIX):])
     if not path.startswith(PREFIX):
         return path
     return str(public_file(path[len(PREFIX):]))
+
+
+def demo_file(name: str) -> str:
+    from importlib.resources import files
+
+    folder = files("bpo_ray") / "demo_data"
+    found = folder / f"{name}.jsonl"
+    if not found.is_file():
+        names = sorted(p.name.removesuffix(".jsonl") for p in folder.iterdir() if p.name.endswith(".jsonl"))
+        raise InputError(f"input: {DEMO_PREFIX}{name}: no such sample data (have: {', '.join(names)})")
+    return str(found)
 
 
 def resolve_inputs(paths: list[str]) -> list[str]:

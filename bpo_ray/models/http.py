@@ -26,6 +26,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
+from openai.types import Completion
+from openai.types.chat import ChatCompletion
 
 from bpo_ray.errors import ModelUnavailableError
 from bpo_ray.models.base import ChatBackend, ChatRequest, ChatResult, TokenLogprob
@@ -66,12 +68,16 @@ class OpenAIHTTPBackend(ChatBackend):
             # keep-alive connections, which throttles a high concurrency and wastes a low one.
             limits = _httpx.Limits(max_connections=self.spec.concurrency,
                                    max_keepalive_connections=self.spec.concurrency)
+            # The aiohttp transport (the `openai[aiohttp]` extra): the default httpx pool falls
+            # behind at high concurrency, then bursts (a minimal paced client at 200 requests/s:
+            # 82% of the limit and hundreds of 429s on httpx, 99% on aiohttp). Its connector
+            # takes `max_connections` as its connection limit.
             self._client = openai.AsyncOpenAI(
                 base_url=self.spec.base_url,
                 api_key=self._api_key or self.spec.api_key(),
                 max_retries=0,
                 timeout=self.spec.timeout_s,
-                http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.spec.timeout_s),
+                http_client=openai.DefaultAioHttpClient(limits=limits, timeout=self.spec.timeout_s),
             )
         return self._client
 
@@ -97,9 +103,7 @@ class OpenAIHTTPBackend(ChatBackend):
                 await self._limiter.acquire(estimate)
             result.requests += 1
             try:
-                client = self._get_client()
-                api = client.completions if text else client.chat.completions
-                reply = await api.create(**kwargs)
+                reply = await self._post(text, kwargs)
                 fill(result, reply)
                 if self._limiter.active:
                     self._limiter.settle(result.prompt_tokens + result.completion_tokens - estimate)
@@ -116,6 +120,16 @@ class OpenAIHTTPBackend(ChatBackend):
                 await asyncio.sleep(_backoff(attempt, retry_after))
         result.latency_s = time.monotonic() - started
         return result
+
+    async def _post(self, text: bool, kwargs: dict[str, Any]) -> Any:
+        """`completions.create(**kwargs)` (or the chat one) without its argument transform, which
+        took a quarter of the client's CPU to rewrite plain JSON as itself (measured: 2.8 ms of
+        CPU per request with it, 2.0 without); the reply is parsed and errors are raised alike."""
+        body = dict(kwargs)
+        timeout = body.pop("timeout")
+        body.update(body.pop("extra_body", {}))
+        path, reply_type = ("/completions", Completion) if text else ("/chat/completions", ChatCompletion)
+        return await self._get_client().post(path, cast_to=reply_type, body=body, options={"timeout": timeout})
 
     def _request_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """Arguments of a chat completion."""
@@ -299,10 +313,20 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code}: {_short(exc.message)}"
     if isinstance(exc, openai.APITimeoutError):
-        return "timeout"
+        # The aiohttp transport reports a refused connection as a connect timeout.
+        refused = _cause(exc, OSError)
+        return f"connection error: {_short(str(refused))}" \
+            if refused is not None and not isinstance(refused, TimeoutError) else "timeout"
     if isinstance(exc, openai.APIConnectionError):
         return f"connection error: {_short(str(exc.__cause__ or exc))}"
     return f"{type(exc).__name__}: {_short(str(exc))}"
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` down `exc`'s chain of causes."""
+    while exc is not None and not isinstance(exc, kind):
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def _short(text: str, limit: int = 300) -> str:

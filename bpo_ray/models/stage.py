@@ -16,6 +16,7 @@ Data keep several batches in flight per actor.
 from __future__ import annotations
 
 import abc
+import gc
 import logging
 from typing import Any, ClassVar
 
@@ -54,6 +55,7 @@ class ModelStage(abc.ABC):
     required_columns: ClassVar[tuple[str, ...]] = ("id",)
     output_columns: ClassVar[dict[str, Any]] = {}
     """Columns the subclass adds, with the value a rejected row gets (its type is the column's)."""
+    _warm = False  # set once a first batch is done
 
     def __init__(self, spec: dict | ModelSpec, *, rate_limiter: Any = None, backend: ChatBackend | None = None,
                  api_key: Any = None):
@@ -115,6 +117,9 @@ class ModelStage(abc.ABC):
         by_id = {id(r): d for r, d in zip(todo, done)}
         defaults = self.added_columns()
         out = [{**defaults, **by_id.get(id(r), r)} for r in rows]
+        if not self._warm:
+            self._warm = True
+            _freeze_gc_in_actor()
         return pa.Table.from_pylist(out, schema=self.output_schema(batch.schema))
 
     def usage(self, *results: ChatResult) -> Row:
@@ -124,6 +129,18 @@ class ModelStage(abc.ABC):
 
     def reject(self, row: Row, reason: str, *, retryable: bool = False) -> Row:
         return {**row, "status": STATUS_REJECTED, "reason": reason, "retryable": retryable}
+
+
+def _freeze_gc_in_actor() -> None:
+    """In a Ray actor, after its first batch: leave everything loaded so far (Ray, pyarrow, the
+    client library and its hundreds of models, a model's weights) out of every later garbage
+    collection; it lives as long as the actor. Measured in an HTTP stage actor: a full
+    collection took 100-200 ms every few seconds, and every request it paced went out late
+    (at 200 requests/s: 95% of the limit reached, 97% with this)."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        gc.freeze()
 
 
 def usage_totals(*results: ChatResult) -> Row:

@@ -74,6 +74,11 @@ class ServerStats:
             if status == 200:
                 self.ok_timestamps.append(time.monotonic())
 
+    def in_flight(self) -> int:
+        """Completion requests received and not answered yet (paid for, on a real API)."""
+        with self.lock:
+            return self.requests - sum(self.by_status.values())
+
     def ok_rate(self) -> float:
         """200 replies per second between the first and the last 200 reply (0 if fewer than 2)."""
         with self.lock:
@@ -167,6 +172,7 @@ class ScriptedOpenAIServer:
         self,
         *,
         reply_fn: Callable[[dict], str | list[str]] | None = None,
+        logprobs_fn: Callable[[dict], list[dict]] | None = None,
         latency_s: float = 0.0,
         rate_limit_rps: float | None = None,
         script: Iterable[Fault] | None = None,
@@ -176,6 +182,8 @@ class ScriptedOpenAIServer:
         api_key: str | None = None,
     ) -> None:
         self.reply_fn = reply_fn
+        # Chat logprobs for requests that ask for them: body -> OpenAI's `logprobs.content` list.
+        self.logprobs_fn = logprobs_fn
         self.api_key = api_key  # when set, every route answers 401 without "Bearer <api_key>"
         self.latency_s = latency_s
         self.model = model
@@ -386,8 +394,13 @@ class ScriptedOpenAIServer:
         prompt_tokens = sum(
             _words(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)
         )
-        return self._envelope(body, "chatcmpl", "chat.completion",
-                              lambda text: {"message": {"role": "assistant", "content": text}}, prompt_tokens, content)
+        def choice(text: str) -> dict:
+            out: dict = {"message": {"role": "assistant", "content": text}}
+            if body.get("logprobs") and self.logprobs_fn is not None:
+                out["logprobs"] = {"content": self.logprobs_fn(body)}
+            return out
+
+        return self._envelope(body, "chatcmpl", "chat.completion", choice, prompt_tokens, content)
 
     def _text_completion(self, body: dict, content: str | list[str]) -> dict:
         prompt_tokens = _words(body.get("prompt"))
@@ -409,7 +422,7 @@ class ScriptedOpenAIServer:
             "created": int(time.time()),
             "model": body.get("model") or self.model,
             "choices": [
-                {"index": i, **choice(text), "finish_reason": "stop", "logprobs": None}
+                {"index": i, "finish_reason": "stop", "logprobs": None, **choice(text)}
                 for i, text in enumerate(texts)
             ],
             "usage": {

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bpo_ray.config import Paths
 from bpo_ray.models.spec import EMBEDDED_MODEL
 from bpo_ray.optimizer_template import OptimizerTemplate
 from bpo_ray.train.deepspeed_config import DeepSpeedSettings
@@ -35,7 +36,7 @@ class PairFields(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    input: list[str] = Field(..., min_length=1, description="Pairs: a construct output folder (DIR/pairs), or JSON, JSONL, Parquet files or folders.")
+    input: Paths = Field(..., min_length=1, description="Pairs: a construct output folder (DIR/pairs), or JSON, JSONL, Parquet files or folders.")
     output: str = Field(..., description="Folder for the trained model (HF format), its template, README.md and summary.json.")
     base_model: str = Field(EMBEDDED_MODEL, description="Model to fine-tune: HF id, local folder, or 'embedded'.")
     num_workers: int = Field(2, ge=1, description="Training workers (one GPU each when GPUs are used).")
@@ -63,11 +64,6 @@ class TrainConfig(BaseModel):
     fields: PairFields = Field(default_factory=PairFields, description="Input field names.")
     limit: int | None = Field(None, ge=1, description="Use only the first N input rows.")
     ray_address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _one_or_many(cls, value):
-        return [value] if isinstance(value, str) else value
 
     @field_validator("val_size")
     @classmethod

@@ -106,16 +106,16 @@ class _FlakyHandle:
 
     def __init__(self, failures: int):
         self.failures = failures
-        self.reserve = self
+        self.reserve_many = self
 
-    def remote(self, tokens: int = 0):
+    def remote(self, tokens: list[int], token_error: int = 0):
         import ray.exceptions
 
-        async def call() -> float:
+        async def call() -> list[float]:
             if self.failures:
                 self.failures -= 1
                 raise ray.exceptions.ActorUnavailableError("restarting", None)
-            return time.time()
+            return [time.time()] * len(tokens)
 
         return call()
 
@@ -127,6 +127,37 @@ def test_a_briefly_unavailable_limiter_is_retried(caplog):
         asyncio.run(limiter.acquire())
     assert 0.3 < time.monotonic() - start < 2
     assert FALLBACK not in caplog.text
+
+
+class _CountingHandle:
+    """A limiter handle answered in this process, counting its calls (requests booked per call)."""
+
+    def __init__(self, times=None):
+        self.calls: list[int] = []
+        self.limiter = ratelimit.RateLimiter(RATE)
+        self.times = times  # tokens -> send times, instead of the limiter's
+        self.reserve_many = self
+
+    def remote(self, tokens: list[int], token_error: int = 0):
+        self.calls.append(len(tokens))
+
+        async def call() -> list[float]:
+            return self.times(tokens) if self.times else [self.limiter.reserve(t) for t in tokens]
+
+        return call()
+
+
+def test_requests_waiting_together_are_booked_in_one_call():
+    handle = _CountingHandle()
+    times = asyncio.run(_acquire_times(RemoteRateLimiter(SharedLimiter(handle, RATE, None))))
+    assert handle.calls == [N]
+    assert times[-1] - times[0] >= MIN_SPAN_S, times
+
+
+def test_a_request_that_wakes_late_is_booked_again_not_sent_in_a_burst():
+    handle = _CountingHandle(times=lambda tokens: [time.time() - 1.0] * len(tokens))  # always late
+    asyncio.run(RemoteRateLimiter(SharedLimiter(handle, RATE, None)).acquire())
+    assert handle.calls == [1] * (ratelimit.REBOOKS + 1)  # booked again, then sent all the same
 
 
 def test_settle_on_a_dead_actor_never_raises(ray_local):
