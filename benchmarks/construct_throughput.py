@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 import openai
-from rate_limited import row_counts  # benchmarks/ (the script's folder) is on sys.path
+
+# benchmarks/ (the script's folder) is on sys.path
+from rate_limited import at_limits, row_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "bpo"
@@ -89,8 +91,6 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
-    from rate_limited import at_limits  # benchmarks/ (the script's folder) is on sys.path
-
     if DATA.is_dir():
         os.environ.setdefault("BPO_RAY_DATA_DIR", str(DATA))
     import ray

@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import openai
-from rate_limited import row_counts  # benchmarks/ (the script's folder) is on sys.path
+
+# benchmarks/ (the script's folder) is on sys.path
+from rate_limited import at_limits, row_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "bpo"
@@ -80,7 +82,6 @@ def main() -> None:
     import ray
 
     from bpo_ray.data.public import resolve_inputs
-    from rate_limited import at_limits  # benchmarks/ (the script's folder) is on sys.path
 
     vicuna, dolly = resolve_inputs(["bpo:vicuna_eval", "bpo:dolly_eval"])
     prompts = [json.loads(line)["text"] for line in Path(vicuna).read_text().splitlines() if line.strip()]

@@ -50,11 +50,11 @@ def training_rows(path: Path, rows: int, max_length: int, seed: int, val_size: i
     """The job's train split, rebuilt without Ray: the first `rows` records, normalized,
     tokenized and split by content hash exactly as bpo_ray.train.data does."""
     from bpo_ray.data.feedback import parse_records
+    from bpo_ray.models.embedded import embedded_model_path
     from bpo_ray.optimizer_template import OptimizerTemplate
     from bpo_ray.train.config import PairFields
     from bpo_ray.train.data import normalize_pair, split_key, val_count
     from bpo_ray.train.tokenize import fit_pair, load_tokenizer
-    from bpo_ray.models.embedded import embedded_model_path
 
     tokenizer = load_tokenizer(str(embedded_model_path()))
     template = OptimizerTemplate()

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from ports import free_port  # tests/ is on sys.path (conftest)
 
 from bpo_ray.optimizer_template import DEFAULT_INSTRUCTION
 from bpo_ray.testing.scripted_server import ScriptedOpenAIServer
-from ports import free_port  # tests/ is on sys.path (conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))

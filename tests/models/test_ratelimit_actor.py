@@ -11,8 +11,13 @@ import time
 import pytest
 
 from bpo_ray.models import ratelimit
-from bpo_ray.models.ratelimit import (HEADROOM, RateLimiterActor, RemoteRateLimiter, SharedLimiter,
-                                      create_shared_limiter)
+from bpo_ray.models.ratelimit import (
+    HEADROOM,
+    RateLimiterActor,
+    RemoteRateLimiter,
+    SharedLimiter,
+    create_shared_limiter,
+)
 
 RATE = 20.0
 N = 10
