@@ -85,11 +85,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         judgments = judgments.filter(pc.equal(judgments.column("judge_setting"), setting))
     rows = judgments.to_pylist() if judgments is not None else []
     stats = summarize(rows, seed=cfg.seed)
-    prompt = load_judge_prompt(cfg.judge_prompt)
+    prompt = plan.settings["judge_prompt"]  # as evaluate_plan loaded it
     not_judged = summary["reject_reasons"].get(reason_label(BUDGET_REASON), 0)
     summary.update(
         judge=cfg.judge.display_name(),
-        judge_prompt=f"{prompt.name}@{prompt.version}",
+        judge_prompt=f"{prompt['name']}@{prompt['version']}",
         optimizer=", ".join(sorted({r["optimizer"] for r in rows if r["optimizer"]})) or None,
         judge_setting=setting,
         orders=cfg.orders,
