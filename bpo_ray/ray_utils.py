@@ -51,7 +51,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
             ray.init(address=join, num_cpus=num_cpus, include_dashboard=False, **kwargs)
         finally:
             auth_log.setLevel(level)
-        log.info("local Ray started (auth mode: %s)", os.environ.get("RAY_AUTH_MODE", "token, Ray's default"))
+        log.debug("local Ray started (auth mode: %s)", os.environ.get("RAY_AUTH_MODE", "token, Ray's default"))
     else:
         ray.init(address=join, **kwargs)  # Ray refuses num_cpus for a cluster it joins
     quiet_ray_data()
@@ -61,10 +61,9 @@ def quiet_ray_data() -> None:
     """No Ray Data progress bars or execution plans on the terminal: each job shows one
     progress line of its own (rows done, rejected, requests/s)."""
     import ray.data
+    from ray.util.debug import log_once
 
     from bpo_ray.terminal import quiet_ray_consoles
-
-    from ray.util.debug import log_once
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

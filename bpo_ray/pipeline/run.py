@@ -88,7 +88,8 @@ def _one_line(stage: str, s: dict[str, Any]) -> str:
         if "skipped" in s:
             return f"skipped: {s['skipped']}"
         return (f"{s.get('rows_train', 0)} train / {s.get('rows_val', 0)} validation rows · loss "
-                f"{s.get('loss_first')} → {s.get('loss')} · val loss {s.get('val_loss')} · {s['stage_wall_s']} s")
+                f"{_num(s.get('loss_first'))} → {_num(s.get('loss'))} · val loss {_num(s.get('val_loss'))} · "
+                f"{s['stage_wall_s']} s")
     if stage == "report":
         return f"report {s['report_md']} · chart {s['chart_png']}"
     line = (f"{s['rows_in']} rows in · {s['rows_skipped']} already done · {s['rows_out']} out · "
@@ -99,6 +100,10 @@ def _one_line(stage: str, s: dict[str, Any]) -> str:
         o = s["overall"]
         line += f"\n     win {o['win']} · tie {o['tie']} · lose {o['lose']} · unparsed {o['unparsed']} pairs"
     return line
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _brief(stage: str, s: dict[str, Any]) -> dict[str, Any]:
