@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -119,6 +120,10 @@ class StagePlan:
     route_by: str | None = None
     """Fan-out: each row goes to the step named by this column. The reader then keys each
     row with its own step's model (the salt covers only `settings`)."""
+    rows_of_record: Callable[..., list[dict]] | None = None
+    """(record, *, source, index, salt) -> this stage's rows for one record of the stage
+    before: what `read` makes of each record of a file, for the streamed pipeline, which hands
+    records over in memory (bpo_ray/pipeline/stream.py). Same rows, same keys."""
 
     @property
     def stage_names(self) -> list[str]:
@@ -136,18 +141,20 @@ class StagePlan:
         return input_schema
 
 
-def run_stage(plan: StagePlan) -> dict[str, Any]:
-    """Run a stage job end to end; returns (and writes to DIR/summary.json) its summary."""
+def run_stage(plan: StagePlan, streamed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run a stage job end to end; returns (and writes to DIR/summary.json) its summary.
+    `streamed`: what a streamed pipeline run just did for this stage (`StreamTally`), counted
+    in this summary; the rows it wrote are the rows this run skips."""
     started = time.monotonic()
     cfg = plan.config
-    # A missing key, model, or URL fails here, in seconds, before Ray starts.
-    api_keys = [step.spec.api_key() if step.spec.is_http else None for step in plan.steps]
+    api_keys = model_keys(plan)
     with job_log_file(cfg.output, "-".join(plan.stage_names)) as log_file:
-        for step, key in zip(plan.steps, api_keys):
-            check_model(step.spec, api_key=key)
+        check_models(plan, api_keys)
         summary = run_on_ray(cfg.ray_address, _run, plan, api_keys)
+    if streamed:
+        _count_streamed(summary, streamed)
     summary["log_file"] = log_file
-    summary["wall_s"] = round(time.monotonic() - started, 2)
+    summary["wall_s"] = round(time.monotonic() - started + (streamed or {}).get("wall_s", 0), 2)
     wall = summary["wall_s"] or float("inf")
     summary["requests_per_s"] = round(summary["requests"] / wall, 2)
     summary["tokens"] = summary["prompt_tokens"] + summary["completion_tokens"]
@@ -156,12 +163,39 @@ def run_stage(plan: StagePlan) -> dict[str, Any]:
     return summary
 
 
+def model_keys(plan: StagePlan) -> list[str | None]:
+    """Each step's API key (None for local models), from its environment variable: a missing
+    key fails here, in seconds, before Ray starts."""
+    return [step.spec.api_key() if step.spec.is_http else None for step in plan.steps]
+
+
+def check_models(plan: StagePlan, api_keys: list[str | None]) -> None:
+    """A missing model or a wrong URL or key fails here, before any actor loads anything."""
+    for step, key in zip(plan.steps, api_keys):
+        check_model(step.spec, api_key=key)
+
+
+def _count_streamed(summary: dict[str, Any], streamed: dict[str, Any]) -> None:
+    """Add a streamed run's rows and usage to this run's summary: rows it wrote are among this
+    run's skipped rows, and move to written or rejected (its retryable rejections were retried
+    by this run, which counts their outcome)."""
+    summary["rows_skipped"] -= streamed["rows_out"] + streamed["rows_rejected"]
+    summary["rows_streamed"] = streamed["rows_out"] + streamed["rows_rejected"]
+    for name in ("rows_out", "rows_rejected", *USAGE_TOTALS):
+        summary[name] += streamed[name]
+    for name, count in streamed["counters"].items():
+        summary[name] += count
+    reasons = Counter(summary["reject_reasons"]) + Counter(streamed["reject_reasons"])
+    summary["reject_reasons"] = dict(reasons.most_common())
+    check_accounting(summary)
+
+
 def _run(plan: StagePlan, api_keys: list[str | None]) -> dict[str, Any]:
     cfg = plan.config
-    rows_in, todo, input_schema = _pending_rows(plan)
+    rows_in, todo, input_schema = pending_rows(plan)
     schema = plan.output_schema(input_schema)
     good_table, rejected_table = plan.output_table, plan.rejected_table
-    tally = _Tally(plan.steps, plan.counters)
+    tally = Tally(plan.steps, plan.counters)
     writers = dict(fmt=cfg.output_format, flush_s=cfg.flush_s)
     with TableWriter(cfg.output, good_table.name, schema=good_table.schema(schema), **writers) as good_out, \
             TableWriter(cfg.output, rejected_table.name, schema=rejected_table.schema(schema), **writers) as bad_out:
@@ -188,7 +222,7 @@ def _run(plan: StagePlan, api_keys: list[str | None]) -> dict[str, Any]:
     return summary
 
 
-def _pending_rows(plan: StagePlan):
+def pending_rows(plan: StagePlan):
     """(rows in, the rows still to do, the input schema): read with every row keyed by its
     content and the stage's settings, minus the keys the output folder already holds."""
     from ray.data.expressions import col
@@ -209,7 +243,7 @@ def _pending_rows(plan: StagePlan):
     # must not wait for CPUs the actors (or a model server on the node) already hold.
     todo = todo.materialize()
     first = plan.steps[0].spec
-    todo = todo.repartition(_block_count(todo.count(), _block_rows(first), _pool_size(first, plan.config)))
+    todo = todo.repartition(_block_count(todo.count(), _block_rows(first), pool_size(first, plan.config)))
     return rows.count(), todo.materialize(), _input_schema(rows)
 
 
@@ -247,15 +281,15 @@ def _pipeline(plan: StagePlan, todo, api_keys: list[str | None]):
         # Each branch's rows are picked out before any pool starts: a filter task queued behind
         # actors that hold every CPU would never run.
         inputs = [todo.filter(expr=col(plan.route_by) == step.name).materialize() for step in plan.steps]
-        branches = [_start_pool(plan, step, rows, key, blocks)
+        branches = [start_pool(plan, step, rows, key, blocks)
                     for step, rows, key in zip(plan.steps, inputs, api_keys)]
         return branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
     for step, key in zip(plan.steps, api_keys):
-        todo = _start_pool(plan, step, todo, key, blocks)
+        todo = start_pool(plan, step, todo, key, blocks)
     return todo
 
 
-def _start_pool(plan: StagePlan, step: StageStep, rows, api_key: str | None, blocks: int):
+def start_pool(plan: StagePlan, step: StageStep, rows, api_key: str | None, blocks: int):
     """One step's actor pool over `rows`: one backend per actor; HTTP actors share one rate
     limiter and get the key from the driver; local-model actors reserve their device."""
     from bpo_ray.models.ratelimit import create_shared_limiter
@@ -301,7 +335,7 @@ def _block_rows(spec: ModelSpec) -> int:
     return min(spec.concurrency, max(HTTP_MIN_BLOCK_ROWS, rows))
 
 
-class _Tally:
+class Tally:
     """The summary's counts, block by block: usage (over every stage of the job), the stage's
     counters, rejections."""
 
@@ -333,7 +367,7 @@ def _sum(column) -> int:
     return pc.sum(pc.cast(column, pa.int64())).as_py() or 0
 
 
-def _pool_size(spec: ModelSpec, cfg: StageJobConfig) -> int:
+def pool_size(spec: ModelSpec, cfg: StageJobConfig) -> int:
     return cfg.num_actors or (2 if spec.is_http else 1)
 
 
@@ -341,7 +375,7 @@ def _pool(spec: ModelSpec, cfg: StageJobConfig, *, blocks: int):
     import ray.data
 
     # No more actors than blocks: an actor with nothing to do still loads its model.
-    size = max(1, min(_pool_size(spec, cfg), blocks))
+    size = max(1, min(pool_size(spec, cfg), blocks))
     if spec.is_http:
         # Enough blocks at once per actor to fill spec.concurrency, plus two: while a block's
         # slowest requests finish, the next blocks' rows already wait for the freed connection

@@ -104,6 +104,9 @@ class TableWriter:
         ext = "parquet" if self.fmt == "parquet" else "jsonl"
         path = f"{self.dir}/part-{self.run}-{self._parts:05d}.{ext}"
         tmp = path + ".tmp"
+        if self.schema is None:  # every row's columns, not only the first row's
+            columns = list(dict.fromkeys(name for row in rows for name in row))
+            rows = [{name: row.get(name) for name in columns} for row in rows]
         table = pa.Table.from_pylist(rows, schema=self.schema)
         # Write then rename, so a reader (or a resume) never sees half a file.
         with self.fs.open_output_stream(tmp) as out:
@@ -134,7 +137,14 @@ def read_table(root: str, table: str, fmt: OutputFormat, columns: list[str] | No
     files = [f.path for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(ext)]
     if not files:
         return None
-    dataset = pads.dataset(files, filesystem=fs, format="parquet" if fmt == "parquet" else "json")
+    fmt_name = "parquet" if fmt == "parquet" else "json"
+    dataset = pads.dataset(files, filesystem=fs, format=fmt_name)
+    # A dataset takes its first file's schema; parts written without a declared schema (the
+    # streamed pipeline's) may hold a column that is all null in one part and text in another.
+    schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]
+    if any(s != schemas[0] for s in schemas):
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+        dataset = pads.dataset(files, filesystem=fs, format=fmt_name, schema=schema)
     return dataset.to_table(columns=columns)
 
 

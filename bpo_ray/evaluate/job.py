@@ -55,12 +55,18 @@ def evaluate_plan(cfg: EvaluateConfig) -> StagePlan:
         kwargs["budget"] = OnCluster(lambda: create_budget(cfg.max_tokens))
     reserved = tuple(JudgeStage.added_columns()) + ("order", "judge_setting", "target", "category", "optimizer")
 
+    row_kwargs = dict(fields=cfg.fields.model_dump(), max_input_chars=cfg.max_input_chars, reserved=reserved)
+    order_kwargs = dict(orders=cfg.orders, seed=cfg.seed)
+
     def read(salt: str):
-        rows = read_rows(cfg.input, judged_pair_row, fields=cfg.fields.model_dump(),
-                         max_input_chars=cfg.max_input_chars, reserved=reserved)
+        rows = read_rows(cfg.input, judged_pair_row, **row_kwargs)
         if cfg.limit:  # --limit counts pairs, not judgments
             rows = rows.limit(cfg.limit)
-        return rows.flat_map(per_order, fn_kwargs={"orders": cfg.orders, "seed": cfg.seed, "salt": salt})
+        return rows.flat_map(per_order, fn_kwargs={**order_kwargs, "salt": salt})
+
+    def rows_of_record(record: dict, *, source: str, index: int, salt: str) -> list[dict]:
+        row = judged_pair_row(record, source=source, index=index, **row_kwargs)
+        return list(per_order(row, **order_kwargs, salt=salt))
 
     return StagePlan(
         config=cfg.model_copy(update={"limit": None}),  # applied to pairs in `read`
@@ -71,14 +77,16 @@ def evaluate_plan(cfg: EvaluateConfig) -> StagePlan:
         settings={"judge_prompt": prompt.model_dump(), "verdict": cfg.verdict, "repair": cfg.repair,
                   "max_input_chars": cfg.max_input_chars},
         counters={"judgments_repaired": "repaired"},
+        rows_of_record=rows_of_record,
     )
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+def run_evaluate(cfg: EvaluateConfig, streamed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Judge every pair, then add the statistics (overall, by dataset, by target) and the
-    budget and cost figures to the summary; returns it (also DIR/summary.json)."""
+    budget and cost figures to the summary; returns it (also DIR/summary.json). `streamed`:
+    see `run_stage`."""
     plan = evaluate_plan(cfg)
-    summary = run_stage(plan)
+    summary = run_stage(plan, streamed)
     setting = plan.salt()
     judgments = read_table(cfg.output, JUDGMENTS_TABLE, cfg.output_format)
     if judgments is not None:

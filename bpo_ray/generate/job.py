@@ -31,10 +31,16 @@ def generate_plan(cfg: GenerateConfig) -> StagePlan:
     targets = [(t.target_name(), t.fingerprint()) for t in cfg.targets]
     reserved = tuple(GenerateStage.added_columns())
 
+    row_kwargs = dict(fields=cfg.fields.model_dump(), optimized_field=cfg.optimized_field,
+                      max_input_chars=cfg.max_input_chars, reserved=reserved)
+
     def read(salt: str):
-        rows = read_rows(cfg.input, prompt_pair_row, fields=cfg.fields.model_dump(), optimized_field=cfg.optimized_field,
-                         max_input_chars=cfg.max_input_chars, reserved=reserved)
+        rows = read_rows(cfg.input, prompt_pair_row, **row_kwargs)
         return rows.flat_map(per_target, fn_kwargs={"targets": targets, "salt": salt})
+
+    def rows_of_record(record: dict, *, source: str, index: int, salt: str) -> list[dict]:
+        row = prompt_pair_row(record, source=source, index=index, **row_kwargs)
+        return list(per_target(row, targets=targets, salt=salt))
 
     return StagePlan(
         config=cfg,
@@ -46,12 +52,14 @@ def generate_plan(cfg: GenerateConfig) -> StagePlan:
                   "max_input_chars": cfg.max_input_chars},
         counters={"rows_shared_response": "shared_response"},
         route_by="target",
+        rows_of_record=rows_of_record,
     )
 
 
-def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
-    """Run the job; returns (and writes to DIR/summary.json) the run's summary."""
-    return run_stage(generate_plan(cfg))
+def run_generate(cfg: GenerateConfig, streamed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the job; returns (and writes to DIR/summary.json) the run's summary. `streamed`:
+    see `run_stage`."""
+    return run_stage(generate_plan(cfg), streamed)
 
 
 def prompt_pair_row(record: Any, *, source: str, index: int, fields: dict, optimized_field: str,
@@ -80,4 +88,5 @@ def per_target(row: dict, *, targets: list[tuple[str, str]], salt: str) -> Itera
     if row["status"] != STATUS_OK:
         content.append(row["source"])
     for name, fingerprint in targets:
-        yield {**row, "target": name, "key": row_key([*content, fingerprint], salt)}
+        # The name too: two targets may share a model and its settings (to measure sampling).
+        yield {**row, "target": name, "key": row_key([*content, name, fingerprint], salt)}

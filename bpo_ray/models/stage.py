@@ -10,7 +10,9 @@ sorted by whom they concern:
 - the whole job (ModelUnavailableError and other BpoRayErrors: a missing model, a rejected key):
   raised, so the job stops instead of rejecting every row.
 Use it with `map_batches(Stage, batch_format="pyarrow", ...)`; the async `__call__` lets Ray
-Data keep several batches in flight per actor.
+Data keep several batches in flight per actor. With `route=(column, value)` the stage takes
+only the rows whose column holds that value and passes the others on untouched: several pools
+of one stage (generate's targets) then work one after another on the same streamed blocks.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class ModelStage(abc.ABC):
     _warm = False  # set once a first batch is done
 
     def __init__(self, spec: dict | ModelSpec, *, rate_limiter: Any = None, backend: ChatBackend | None = None,
-                 api_key: Any = None):
+                 api_key: Any = None, route: tuple[str, str] | None = None):
         self.spec = ModelSpec.model_validate(spec)
+        self.route = route
         self._rate_limiter = rate_limiter
         # A pydantic SecretStr from the driver: its repr never shows the key.
         self._api_key = api_key
@@ -104,7 +107,8 @@ class ModelStage(abc.ABC):
         if missing:
             # A wiring bug, not bad data: fail loudly with the names.
             raise KeyError(f"{type(self).__name__} needs columns {missing}; got {batch.column_names}")
-        todo = [r for r in rows if r.get("status", STATUS_OK) == STATUS_OK]
+        todo = [r for r in rows if r.get("status", STATUS_OK) == STATUS_OK
+                and (self.route is None or r.get(self.route[0]) == self.route[1])]
         try:
             done = await self.process_rows(todo) if todo else []
             if [r["id"] for r in done] != [r["id"] for r in todo]:

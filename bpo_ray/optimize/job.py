@@ -51,6 +51,7 @@ def optimize_plan(cfg: OptimizeConfig) -> StagePlan:
     )
 
 
-def run_optimize(cfg: OptimizeConfig) -> dict[str, Any]:
-    """Run the job; returns (and writes to DIR/summary.json) the run's summary."""
-    return run_stage(optimize_plan(cfg))
+def run_optimize(cfg: OptimizeConfig, streamed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the job; returns (and writes to DIR/summary.json) the run's summary. `streamed`:
+    see `run_stage`."""
+    return run_stage(optimize_plan(cfg), streamed)

@@ -40,6 +40,7 @@ class PipelineConfig(BaseModel):
     generate: dict[str, Any] = Field(default_factory=dict, description="generate's config (targets).")
     evaluate: dict[str, Any] = Field(default_factory=dict, description="evaluate's config (judge).")
     report: dict[str, Any] = Field(default_factory=dict, description="report's config (paper: set the paper's figures beside).")
+    stream: bool = Field(True, description="Run optimize, generate and evaluate as one Ray Data plan, every model at work at once, where the cluster can hold all their actors (else one after another).")
 
     def folder(self, stage: str) -> str:
         return f"{self.output.rstrip('/')}/{FOLDERS[stage]}"
