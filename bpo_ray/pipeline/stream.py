@@ -3,13 +3,14 @@ judge work at the same time, each on its own actor pool, and a row is judged whi
 are still being rewritten.
 
 The plan is the three stage jobs' own pieces (bpo_ray/runner.py): optimize's reader and
-resume, each step's actor pool, each stage's tables and keys. Between two stages a small task
-(`_hand_over`, no CPU reserved: the pools may hold them all) turns each finished row into the
-record the stage writes and that record into the next stage's rows, with the same function the
-next job applies to each record of its input files, so the rows and keys are the ones the jobs
-would make one after another. Every row carries the records of the stages it went through (as
-pickled `_record_<stage>` columns) to the driver, which writes each record once to that
-stage's own ledger, flushed every few seconds as in every job.
+resume, each step's actor pool, each stage's tables and keys. After each stage's pools a small
+task (`_hand_over`, no CPU reserved: the pools may hold them all) turns each finished row into
+the record the stage's job writes, sends it to that stage's ledger (`StageLedger`, a small
+actor on the driver's node that writes the stage's folder, flushed every few seconds as in
+every job), and makes the next stage's rows from the record with the same function the next
+job applies to each record of its input files: the rows and keys the jobs would make one after
+another. A stage's work is saved when the stage finishes it, not when the row is judged: a
+killed run re-pays what was in flight in each stage plus a few seconds.
 
 What the stream does not finish, the stage jobs run after it do: a row rejected for a reason a
 retry may fix, a record the next stage's reader rejects, the rows of an earlier run that
@@ -20,7 +21,6 @@ and its output is what the stages run one after another would have written.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import time
 from typing import Any
 
@@ -45,17 +45,12 @@ from bpo_ray.terminal import RowProgress, console, job_log_file
 
 STAGE_COLUMN = "_stream_stage"
 """The stage a row belongs to; rows an earlier stage ended pass on untouched."""
-RECORD_PREFIX = "_record_"
-
-
-def record_column(stage: str) -> str:
-    return f"{RECORD_PREFIX}{stage}"
 
 
 def run_streamed(plans: list[StagePlan], *, log_dir: str) -> dict[str, dict[str, Any]] | str:
     """Stream `plans` (each stage's rows from the one before) as one Ray Data plan. Returns
-    what each stage did, by stage name (see `StreamTally`), or why the stages cannot stream on
-    this cluster (then nothing ran)."""
+    what each stage did, by stage name (`StreamTally.summary`), or why the stages cannot
+    stream on this cluster (then nothing ran)."""
     api_keys = [model_keys(plan) for plan in plans]
     with job_log_file(log_dir, "stream"):
         for plan, keys in zip(plans, api_keys):
@@ -64,16 +59,21 @@ def run_streamed(plans: list[StagePlan], *, log_dir: str) -> dict[str, dict[str,
 
 
 def _run(plans: list[StagePlan], api_keys: list[list[str | None]]) -> dict[str, dict[str, Any]] | str:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     if (problem := _cannot_hold_all_pools(plans)) is not None:
         return problem
     started = time.monotonic()
-    first = plans[0]
-    _, todo, _ = pending_rows(first)
-    tallies = {plan.stage_names[0]: StreamTally(plan) for plan in plans}
+    names = [plan.stage_names[0] for plan in plans]
+    _, todo, _ = pending_rows(plans[0])
     if not todo.count():
-        return {name: tally.summary(0.0) for name, tally in tallies.items()}
-    console.print(f"     {' → '.join(tallies)} streamed as one Ray Data plan: "
+        return {name: StreamTally(plan).summary(0.0) for name, plan in zip(names, plans)}
+    console.print(f"     {' → '.join(names)} streamed as one Ray Data plan: "
                   f"{', '.join(_pools(plans))} at work at once", highlight=False)
+    # On the driver's node: a local output folder is the driver's, as in every job.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ledgers = [ray.remote(StageLedger).options(num_cpus=0, scheduling_strategy=here).remote(plan) for plan in plans]
     rows, blocks = todo, todo.num_blocks()
     for number, (plan, keys) in enumerate(zip(plans, api_keys)):
         for step, key in zip(plan.steps, keys):
@@ -83,81 +83,92 @@ def _run(plans: list[StagePlan], api_keys: list[list[str | None]]) -> dict[str, 
         after = plans[number + 1] if number + 1 < len(plans) else None
         rows = rows.map_batches(
             _hand_over,
-            fn_kwargs={"stage": plan.stage_names[0], "tables": (plan.output_table, plan.rejected_table),
-                       "next_stage": after.stage_names[0] if after else None,
+            fn_kwargs={"stage": names[number], "tables": (plan.output_table, plan.rejected_table),
+                       "ledger": ledgers[number],
+                       "next_stage": names[number + 1] if after else None,
                        "next_rows": after.rows_of_record if after else None,
                        "next_salt": after.salt() if after else None,
                        "next_required": _required_columns(after) if after else ()},
             batch_format="pyarrow", batch_size=None,
             num_cpus=0,  # light work, and the pools may hold every CPU: a task waiting for one would never run
         )
-    writers = {name: tally.open_writers() for name, tally in tallies.items()}
     try:
-        with RowProgress(" → ".join(tallies), todo.count()) as progress:
-            for block in rows.iter_batches(batch_format="pyarrow", batch_size=None):
-                done = {name: tally.add(_carried(block, name)) for name, tally in tallies.items()}
-                rows_done, rejected, _ = done[first.stage_names[0]]
-                progress.advance(rows_done, rejected, sum(paid for _, _, paid in done.values()))
+        with RowProgress(" → ".join(names), todo.count()) as progress:
+            shown = [(0, 0, 0)] * len(plans)
+            for _ in rows.iter_batches(batch_format="pyarrow", batch_size=None):
+                now = ray.get([ledger.progress.remote() for ledger in ledgers])
+                progress.advance(now[0][0] - shown[0][0], now[0][1] - shown[0][1],
+                                 sum(n[2] for n in now) - sum(n[2] for n in shown))
+                shown = now
     finally:
-        for good, bad in writers.values():
-            good.close()
-            bad.close()
-    wall = time.monotonic() - started
-    return {name: tally.summary(wall) for name, tally in tallies.items()}
+        done = ray.get([ledger.close.remote(time.monotonic() - started) for ledger in ledgers])
+    return dict(zip(names, done))
+
+
+class StageLedger:
+    """One stage's ledger in a streamed run (a Ray actor): writes each of its records once (good
+    ones to its output table; rejections a retry will not change to its rejected table) and
+    counts them the way `run_stage` counts a job, for `run_stage(plan, streamed=...)`."""
+
+    def __init__(self, plan: StagePlan):
+        cfg = plan.config
+        writers = dict(fmt=cfg.output_format, flush_s=cfg.flush_s)
+        # No declared schema: the records carry their types (read_table unifies the parts).
+        self.good = TableWriter(cfg.output, plan.output_table.name, **writers)
+        self.bad = TableWriter(cfg.output, plan.rejected_table.name, **writers)
+        self.tally = StreamTally(plan)
+
+    def add(self, records: list[tuple[bool, dict]]) -> None:
+        good, bad = self.tally.add(records)
+        self.good.add(good)
+        self.bad.add(bad)
+
+    def progress(self) -> tuple[int, int, int]:
+        """(records, of them not written as good, model requests) so far."""
+        return self.tally.records, self.tally.records - self.tally.rows_out, self.tally.usage["requests"]
+
+    def close(self, wall_s: float) -> dict[str, Any]:
+        self.good.close()
+        self.bad.close()
+        return self.tally.summary(wall_s)
 
 
 class StreamTally:
-    """One stage's share of a streamed run: writes each of its records once (good ones to its
-    output table; rejections that a retry will not change to its rejected table) and counts
-    them the way `run_stage` counts a job, for `run_stage(plan, streamed=...)`."""
+    """A stage's counts in a streamed run, record by record."""
 
     def __init__(self, plan: StagePlan):
-        self.plan = plan
+        self.counter_columns = plan.counters
         self.usage_columns = {name: [stage.usage_column(name) for stage in dict.fromkeys(s.stage for s in plan.steps)]
                               for name in USAGE_TOTALS}
         self.usage = dict.fromkeys(USAGE_TOTALS, 0)
         self.counters = dict.fromkeys(plan.counters, 0)
         self.reasons: list[str] = []
         self.seen: set[str] = set()
-        self.rows_out = self.rows_rejected = 0
-        self.good: TableWriter | None = None
-        self.bad: TableWriter | None = None
+        self.records = self.rows_out = self.rows_rejected = 0
 
-    def open_writers(self) -> tuple[TableWriter, TableWriter]:
-        # No declared schema: the records carry their types (read_table unifies the parts).
-        cfg = self.plan.config
-        writers = dict(fmt=cfg.output_format, flush_s=cfg.flush_s)
-        self.good = TableWriter(cfg.output, self.plan.output_table.name, **writers)
-        self.bad = TableWriter(cfg.output, self.plan.rejected_table.name, **writers)
-        return self.good, self.bad
-
-    def add(self, records: list[tuple[bool, dict]]) -> tuple[int, int, int]:
-        """Write the records not written yet; returns (new records, of them rejected, model
-        requests they took)."""
-        good, bad, requests, new = [], [], 0, 0
+    def add(self, records: list[tuple[bool, dict]]) -> tuple[list[dict], list[dict]]:
+        """Count the records not seen yet (a retried task sends its block again); returns
+        (good records, rejected records) to write."""
+        good, bad = [], []
         for ok, record in records:
             if record["key"] in self.seen:
-                continue  # a record reaches the driver once per row made from it downstream
+                continue
             self.seen.add(record["key"])
-            new += 1
+            self.records += 1
             for name, columns in self.usage_columns.items():  # paid, whatever became of the row
-                paid = sum(record.get(c) or 0 for c in columns)
-                self.usage[name] += paid
-                requests += paid if name == "requests" else 0
+                self.usage[name] += sum(record.get(c) or 0 for c in columns)
             if ok:
                 good.append(record)
             elif not record.get("retryable"):
                 # A retryable rejection is not written: the stage's own job, right after the
                 # stream, tries the row again and writes its outcome.
                 bad.append(record)
-        for name, column in self.plan.counters.items():
+        for name, column in self.counter_columns.items():
             self.counters[name] += sum(bool(r.get(column)) for r in good)
         self.reasons += [r.get("reason") or "" for r in bad]
-        self.good.add(good)
-        self.bad.add(bad)
         self.rows_out += len(good)
         self.rows_rejected += len(bad)
-        return new, new - len(good), requests
+        return good, bad
 
     def summary(self, wall_s: float) -> dict[str, Any]:
         return {"rows_out": self.rows_out, "rows_rejected": self.rows_rejected, **self.usage,
@@ -165,38 +176,33 @@ class StreamTally:
                 "wall_s": round(wall_s, 2)}
 
 
-def _carried(block: pa.Table, stage: str) -> list[tuple[bool, dict]]:
-    column = record_column(stage)
-    if column not in block.column_names:
-        return []
-    return [pickle.loads(value) for value in block.column(column).to_pylist() if value is not None]
-
-
-def _hand_over(block: pa.Table, *, stage: str, tables: tuple[OutputTable, OutputTable], next_stage: str | None,
-               next_rows: Any, next_salt: str | None, next_required: tuple[str, ...]) -> pa.Table:
-    """After `stage`'s pools: each of its rows becomes the record its job writes (carried on
-    as `_record_<stage>`) and, when good, the next stage's rows made from that record. Rows an
+def _hand_over(block: pa.Table, *, stage: str, tables: tuple[OutputTable, OutputTable], ledger: Any,
+               next_stage: str | None, next_rows: Any, next_salt: str | None,
+               next_required: tuple[str, ...]) -> pa.Table:
+    """After `stage`'s pools: each of its rows becomes the record its job writes, sent to the
+    stage's ledger, and, when good, the next stage's rows made from that record. Rows an
     earlier stage ended, and rows the next stage's reader rejects (its own job writes those,
     with the reasons and keys its reader gives), pass on as rejected rows that no later pool
-    touches. After the last stage only the records go on, to the driver."""
+    touches. After the last stage only a row count goes on, to the driver."""
+    import ray
+
     stage_of = block.column(STAGE_COLUMN).to_pylist() if STAGE_COLUMN in block.column_names else [None] * len(block)
     mine = [s in (None, stage) for s in stage_of]
     records = _records(block, mine, tables)
+    ray.get(ledger.add.remote(list(records.values())))  # in the ledger before the rows go on
+    if next_stage is None:
+        return pa.table({"rows": [block.num_rows]})
     out: list[dict] = []
-    carried = [c for c in block.column_names if c.startswith(RECORD_PREFIX)]
-    carried_values = {c: block.column(c).to_pylist() for c in carried}
     for i in range(block.num_rows):
-        taken = {c: carried_values[c][i] for c in carried}
         if not mine[i]:
-            out.append(_passing(block, i, taken, stage_of[i], next_stage))
+            out.append(_passing(block, i, stage_of[i]))
             continue
         ok, record = records[i]
-        taken[record_column(stage)] = pickle.dumps((ok, record))
-        made = next_rows(record, source=stage, index=i, salt=next_salt) if ok and next_rows else []
+        made = next_rows(record, source=stage, index=i, salt=next_salt) if ok else []
         if made and made[0]["status"] == STATUS_OK:
-            out.extend({**row, **taken, STAGE_COLUMN: next_stage} for row in made)
+            out.extend({**row, STAGE_COLUMN: next_stage} for row in made)
         else:
-            out.append(_passing(block, i, taken, stage, next_stage))
+            out.append(_passing(block, i, stage))
     table = _table(out)
     for name in next_required:  # a block of passing rows only still has what the next pools check for
         if name not in table.column_names:
@@ -204,18 +210,15 @@ def _hand_over(block: pa.Table, *, stage: str, tables: tuple[OutputTable, Output
     return table
 
 
-def _passing(block: pa.Table, i: int, records: dict, stage: str, next_stage: str | None) -> dict:
-    if next_stage is None:
-        return records
+def _passing(block: pa.Table, i: int, stage: str) -> dict:
     return {"id": block.column("id")[i].as_py(), "key": block.column("key")[i].as_py(), "status": STATUS_REJECTED,
-            "reason": f"ended at {stage}", "retryable": False, **records, STAGE_COLUMN: stage}
+            "reason": f"ended at {stage}", "retryable": False, STAGE_COLUMN: stage}
 
 
 def _records(block: pa.Table, mine: list[bool], tables: tuple[OutputTable, OutputTable]) -> dict[int, tuple]:
     """Row index -> (good?, the record the stage's job writes for it), for this stage's rows."""
-    stream_columns = [c for c in block.column_names if c.startswith(RECORD_PREFIX) or c == STAGE_COLUMN]
-    plain = block.drop_columns(stream_columns)
-    ok = pc.and_(pa.array(mine), pc.equal(plain.column("status"), STATUS_OK)).to_pylist()
+    plain = block.drop_columns([STAGE_COLUMN]) if STAGE_COLUMN in block.column_names else block
+    ok = pc.equal(plain.column("status"), STATUS_OK).to_pylist()
     index = pa.array(range(block.num_rows))
     found: dict[int, tuple] = {}
     for good, table in ((True, tables[0]), (False, tables[1])):
