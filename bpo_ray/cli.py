@@ -400,6 +400,48 @@ def train(
     print_summary("train summary", summary)
 
 
+@app.command("serve")
+def serve_graph(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Serve YAML (optimizer, targets, deployments, auth); configs/serve-*.yaml."),
+    optimizer: Optional[str] = typer.Option(None, help="The optimizer: a `bpo-ray train` folder, an HF folder or 'embedded' (default: embedded)."),
+    target: Optional[list[str]] = typer.Option(None, help="A local target model (HF folder or 'embedded'); repeat for several (default: embedded)."),
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1; 0.0.0.0: every interface)."),
+    port: Optional[int] = typer.Option(None, help="HTTP port (default 8000)."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Serve the optimizer and the target models as one Ray Serve graph behind an
+    OpenAI-compatible API (X and bpo/X per target, /v1/optimize) until Ctrl-C."""
+    import time
+
+    from bpo_ray.config import load_config
+    from bpo_ray.ray_utils import ensure_ray
+    from bpo_ray.serve.config import ServeConfig
+    from bpo_ray.serve.graph import start_graph
+
+    _setup_logging(verbose)
+    overrides: dict[str, Any] = {"optimizer.model": optimizer, "host": host, "port": port}
+    if target:
+        overrides["targets"] = [{"model": t} for t in target]
+    try:
+        cfg = load_config(ServeConfig, str(config) if config else None, overrides)
+        console.print(f"starting the graph: optimizer {cfg.optimizer.display_name()}, targets "
+                      f"{', '.join(t.target_name() for t in cfg.targets)} (models load in their replicas)",
+                      highlight=False)
+        ensure_ray()
+        url = start_graph(cfg)
+    except BpoRayError as exc:
+        _fail(exc)
+    names = [t.target_name() for t in cfg.targets]
+    console.print(f"[green]serving[/] at {url}: models {', '.join(n for t in names for n in (t, 'bpo/' + t))}\n"
+                  f"  POST {url}/chat/completions · POST {url}/optimize · GET {url}/models · "
+                  f"GET {url.removesuffix('/v1')}/healthz", highlight=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 @app.command("serve-model")
 def serve_model(
     model: str = typer.Option("embedded", help="Local model: HF folder or 'embedded'."),

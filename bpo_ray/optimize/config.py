@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bpo_ray.data.prompts import PromptFields
 from bpo_ray.length_filter import LengthFilter
@@ -29,7 +29,12 @@ def _optimizer_default() -> ModelSpec:
     return ModelSpec(sampling=Sampling(max_tokens=512))
 
 
-class OptimizeConfig(StageJobConfig):
+class OptimizerSettings(BaseModel):
+    """The optimizer and how its rewrites are made and checked: what `bpo-ray optimize` and the
+    serving graph's Optimizer deployment share."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
     optimizer: ModelSpec = Field(
         default_factory=_optimizer_default,
         description="The prompt optimizer: a `bpo-ray train` folder, a plain HF folder, 'embedded', or a model "
@@ -44,10 +49,8 @@ class OptimizeConfig(StageJobConfig):
     mode: Mode = Field("stable", description="stable (the paper's sampling), aggressive (several candidates), greedy.")
     candidates: int = Field(5, ge=2, le=16, description="Samples per prompt in aggressive mode.")
     keep_all: bool = Field(False, description="Aggressive mode: also keep every usable candidate (JSON list column `candidates`).")
-    fields: PromptFields = Field(default_factory=PromptFields, description="Input field names.")
     length_filter: LengthFilter = Field(default_factory=LengthFilter, description="The paper's length-ratio filter on rewrites.")
     semantic_gate: SemanticGate = Field(default_factory=SemanticGate, description="Optional: reject rewrites too far in meaning.")
-    max_input_chars: int = Field(16_000, ge=100, description="Rows whose prompt+context exceed this are rejected.")
 
     def optimizer_spec(self) -> ModelSpec:
         """The optimizer with the mode's sampling (so the mode is part of its fingerprint)."""
@@ -55,3 +58,8 @@ class OptimizeConfig(StageJobConfig):
         if self.mode == "aggressive":
             sampling["n"] = self.candidates
         return self.optimizer.model_copy(update={"sampling": Sampling.model_validate(sampling)})
+
+
+class OptimizeConfig(StageJobConfig, OptimizerSettings):
+    fields: PromptFields = Field(default_factory=PromptFields, description="Input field names.")
+    max_input_chars: int = Field(16_000, ge=100, description="Rows whose prompt+context exceed this are rejected.")

@@ -12,7 +12,7 @@ from typing import Any
 
 from bpo_ray.data.prompts import read_prompts
 from bpo_ray.models.embedded import resolve_model_path
-from bpo_ray.optimize.config import OptimizeConfig
+from bpo_ray.optimize.config import OptimizeConfig, OptimizerSettings
 from bpo_ray.optimize.stage import OptimizeStage
 from bpo_ray.optimizer_template import PRESETS, OptimizerTemplate, resolve_template
 from bpo_ray.runner import REJECTED_TABLE, OutputTable, StagePlan, StageStep, run_stage
@@ -21,7 +21,7 @@ OPTIMIZED_TABLE = "optimized"
 _INTERNAL = ("status", "reason", "retryable", "source", "raw_reply")
 
 
-def optimizer_template(cfg: OptimizeConfig) -> OptimizerTemplate:
+def optimizer_template(cfg: OptimizerSettings) -> OptimizerTemplate:
     """The layout the optimizer is fed: the setting, else the trained folder's own, else the
     default for a plain local model (chat for an API, which always takes a chat)."""
     spec = cfg.optimizer
@@ -30,12 +30,15 @@ def optimizer_template(cfg: OptimizeConfig) -> OptimizerTemplate:
     return resolve_template(cfg.template, None if spec.is_http else resolve_model_path(spec.model))
 
 
+def optimize_stage_kwargs(cfg: OptimizerSettings) -> dict[str, Any]:
+    """OptimizeStage's arguments besides the model (the optimize job's and the serving graph's)."""
+    return {"template": optimizer_template(cfg).model_dump(), "mode": cfg.mode, "keep_all": cfg.keep_all,
+            "length_filter": cfg.length_filter.model_dump(), "semantic_gate": cfg.semantic_gate.model_dump()}
+
+
 def optimize_plan(cfg: OptimizeConfig) -> StagePlan:
-    template = optimizer_template(cfg)
-    step = StageStep(OptimizeStage, cfg.optimizer_spec(), {
-        "template": template.model_dump(), "mode": cfg.mode, "keep_all": cfg.keep_all,
-        "length_filter": cfg.length_filter.model_dump(), "semantic_gate": cfg.semantic_gate.model_dump(),
-    })
+    kwargs = optimize_stage_kwargs(cfg)
+    step = StageStep(OptimizeStage, cfg.optimizer_spec(), kwargs)
     reserved = tuple(OptimizeStage.added_columns())
     return StagePlan(
         config=cfg,
@@ -44,9 +47,7 @@ def optimize_plan(cfg: OptimizeConfig) -> StagePlan:
                                        key_salt=salt, reserved=reserved),
         output_table=OutputTable(OPTIMIZED_TABLE, exclude=_INTERNAL),
         rejected_table=OutputTable(REJECTED_TABLE, exclude=("status",)),
-        settings={"template": template.model_dump(), "mode": cfg.mode, "keep_all": cfg.keep_all,
-                  "length_filter": cfg.length_filter.model_dump(), "semantic_gate": cfg.semantic_gate.model_dump(),
-                  "max_input_chars": cfg.max_input_chars},
+        settings={**kwargs, "max_input_chars": cfg.max_input_chars},
         counters={"rows_unchanged": "unchanged"},
     )
 

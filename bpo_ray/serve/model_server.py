@@ -22,28 +22,39 @@ from ray import serve
 from ray.serve import Application
 
 from bpo_ray.errors import ConfigError
-from bpo_ray.terminal import quiet_ray_consoles
 from bpo_ray.models import ChatRequest, ChatResult, ModelSpec, build_backend
 from bpo_ray.serve.openai_api import (
-    ChatCompletionRequest, CompletionRequest, OpenAIError, check_model, install_error_handlers,
-    model_json, models_json, new_request_id, to_chat_request, to_completion_json,
-    to_text_completion_json, to_text_request,
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIError,
+    check_model,
+    install_error_handlers,
+    model_json,
+    models_json,
+    new_request_id,
+    to_chat_request,
+    to_completion_json,
+    to_text_completion_json,
+    to_text_request,
 )
+from bpo_ray.terminal import quiet_ray_consoles
 
 api = FastAPI(title="bpo-ray model server")
 # serve.ingress pickles the app when the class is decorated, so handlers go in first.
 install_error_handlers(api)
 
 
-@serve.deployment
-@serve.ingress(api)
-class ModelServer:
-    """One model per replica, behind /v1/models, /v1/chat/completions, /v1/completions and /health."""
+class ModelReplica:
+    """One model per replica, concurrent requests batched into one `chat_batch` call. Served
+    on its own as `ModelServer`; in the BPO serving graph (bpo_ray/serve/graph.py) a target,
+    called through `answer` (Serve takes one FastAPI ingress per application)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.model_id = spec.model
-        self.backend = build_backend(spec)
+        # An upstream API's key from the replica's environment: never a constructor argument,
+        # which Serve keeps in its controller's state.
+        self.backend = build_backend(spec, api_key=spec.api_key() if spec.is_http else None)
         # The decorator's batch size is fixed at import time; the spec decides it per app.
         self._generate.set_max_batch_size(spec.batch_size)
         self.batches = 0
@@ -63,6 +74,16 @@ class ModelServer:
         self.batched_requests += len(requests)
         self.largest_batch = max(self.largest_batch, len(requests))
         return await self.backend.chat_batch(requests)
+
+    async def answer(self, request: ChatRequest) -> ChatResult:
+        """One request, batched with the replica's others."""
+        return await self._generate(request)
+
+
+@serve.deployment
+@serve.ingress(api)
+class ModelServer(ModelReplica):
+    """A `ModelReplica` behind /v1/models, /v1/chat/completions, /v1/completions and /health."""
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
@@ -126,17 +147,28 @@ def start_model_server(spec: ModelSpec, *, host: str = "127.0.0.1", port: int = 
                        name: str = "bpo-model", route_prefix: str = "/", num_replicas: int = 1,
                        autoscaling: dict[str, Any] | None = None, num_cpus: float = 1,
                        num_gpus: float | None = None, timeout_s: float = 300.0) -> str:
-    """Deploy the model server and return its OpenAI base URL (".../v1") once it answers.
+    """Deploy the model server and return its OpenAI base URL (".../v1") once it answers."""
+    start_serve(host, port)
+    app = build_model_app(spec, num_replicas=num_replicas, autoscaling=autoscaling,
+                          num_cpus=num_cpus, num_gpus=num_gpus)
+    return deploy(app, name=name, host=host, port=port, route_prefix=route_prefix, health="/health",
+                  timeout_s=timeout_s)
 
-    HTTP options are cluster-wide in Serve: if Serve already runs with another host/port,
-    those stay in effect (shut Serve down first to change them).
-    """
+
+def start_serve(host: str, port: int) -> None:
+    """Ray (joined or started) and Serve's HTTP proxy on host:port. HTTP options are
+    cluster-wide in Serve: if Serve already runs with another host/port, those stay in effect
+    (shut Serve down first to change them)."""
     if not ray.is_initialized():
         ray.init()
     quiet_ray_consoles()  # Serve's driver-side console logger (set up when ray.serve is imported)
     serve.start(http_options={"host": host, "port": port})
-    app = build_model_app(spec, num_replicas=num_replicas, autoscaling=autoscaling,
-                          num_cpus=num_cpus, num_gpus=num_gpus)
+
+
+def deploy(app: Application, *, name: str, host: str, port: int, route_prefix: str, health: str,
+           timeout_s: float) -> str:
+    """Run `app` and return its OpenAI base URL (".../v1") once `health` answers; a replica
+    that fails to start is reported with its own error."""
     try:
         serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
     except RuntimeError as exc:
@@ -145,10 +177,10 @@ def start_model_server(spec: ModelSpec, *, host: str = "127.0.0.1", port: int = 
         serve.delete(name)
         if cause.startswith(_CONFIG_ERROR):
             raise ConfigError(cause.removeprefix(_CONFIG_ERROR)) from exc
-        raise RuntimeError(f"model server {name!r} failed to start: {cause}") from exc
+        raise RuntimeError(f"{name!r} failed to start: {cause}") from exc
     client_host = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
     base = f"http://{client_host}:{port}{route_prefix.rstrip('/')}"
-    _wait_healthy(f"{base}/health", timeout_s)
+    _wait_healthy(f"{base}{health}", timeout_s)
     return f"{base}/v1"
 
 

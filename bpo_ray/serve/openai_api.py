@@ -110,6 +110,8 @@ class ChatCompletionRequest(_GenerationRequest):
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream_options: dict[str, Any] | None = None
+    """OpenAI's `{"include_usage": true}`: a last chunk with the usage."""
     # vLLM extensions: continue a pre-filled assistant turn instead of opening a new one.
     continue_final_message: bool = False
     add_generation_prompt: bool = True
@@ -137,9 +139,11 @@ def _refuse_stream(req: _GenerationRequest) -> None:
         raise OpenAIError(400, "stream=true is not supported by this server", param="stream")
 
 
-def to_chat_request(req: ChatCompletionRequest) -> ChatRequest:
-    """Map an API request onto the backend's ChatRequest; raise OpenAIError(400) when it can't."""
-    _refuse_stream(req)
+def to_chat_request(req: ChatCompletionRequest, *, streams: bool = False) -> ChatRequest:
+    """Map an API request onto the backend's ChatRequest; raise OpenAIError(400) when it can't
+    (`streams`: the server answers stream=true, see `to_chunk_events`)."""
+    if not streams:
+        _refuse_stream(req)
     if req.top_logprobs and not req.logprobs:
         raise OpenAIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
     messages = [m.to_message() for m in req.messages]
@@ -273,15 +277,41 @@ def model_json(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": OWNER}
 
 
-def models_json(model_id: str) -> dict[str, Any]:
-    """GET /v1/models: the one model this server holds."""
-    return {"object": "list", "data": [model_json(model_id)]}
+def models_json(*model_ids: str) -> dict[str, Any]:
+    """GET /v1/models: the models this server holds."""
+    return {"object": "list", "data": [model_json(m) for m in model_ids]}
 
 
-def check_model(requested: str, served: str) -> None:
-    if requested != served:
+def check_model(requested: str, *served: str) -> None:
+    if requested not in served:
         raise OpenAIError(404, f"The model `{requested}` does not exist (this server serves "
-                          f"`{served}`)", param="model", code="model_not_found")
+                          f"{', '.join(f'`{m}`' for m in served)})", param="model", code="model_not_found")
+
+
+def to_chunk_events(result: ChatResult, *, model: str, request_id: str, include_usage: bool = False,
+                    extra: dict[str, Any] | None = None) -> Iterator[str]:
+    """A finished result as `chat.completion.chunk` server-sent events, as OpenAI streams them:
+    per choice a role chunk, the content, a finish chunk; then a usage chunk when asked for
+    (`stream_options.include_usage`), then `data: [DONE]`. `extra` keys go on the first chunk."""
+    import json
+
+    _raise_if_failed(result)
+    base = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model}
+
+    def event(choices: list[dict[str, Any]], **more: Any) -> str:
+        return f"data: {json.dumps({**base, 'choices': choices, **more}, ensure_ascii=False)}\n\n"
+
+    first = True
+    for i, text, finish, _ in _choices(result):
+        yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                    **((extra or {}) if first else {}))
+        first = False
+        yield event([{"index": i, "delta": {"content": text}, "finish_reason": None}])
+        yield event([{"index": i, "delta": {}, "finish_reason": finish}])
+    if include_usage:
+        yield event([], usage=_response_json(result, "", "", model, [])["usage"])
+    yield "data: [DONE]\n\n"
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -1,0 +1,236 @@
+"""The BPO serving graph end to end: the real `openai` client against `serve.run` on a local Ray,
+with an optimizer behind a scripted HTTP server, a tiny local target and an API target."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import openai
+import pytest
+from ports import free_port  # tests/ is on sys.path (conftest)
+from ray import serve
+
+from bpo_ray.serve.config import ServeConfig
+from bpo_ray.serve.graph import OPTIMIZED_PROMPT_HEADER, start_graph
+from bpo_ray.testing.scripted_server import ScriptedOpenAIServer
+
+pytestmark = pytest.mark.slow
+
+# Accepted keys are read from the replicas' environment, which Ray's workers take from this
+# process when the session's Ray starts: set before any test runs (collection imports this).
+SERVE_KEY_ENV = "BPO_TEST_SERVE_KEY"
+os.environ.setdefault(SERVE_KEY_ENV, "test-key-1234")
+
+OWLS = "Tell me about owls."
+REWRITE = " Describe where they live, what they eat and how they hunt."
+
+
+def rewrite(body: dict) -> str:
+    prompt = body["messages"][-1]["content"].split("\n\n", 1)[1]
+    return prompt if "ECHO" in prompt else prompt + REWRITE  # an echo: the guards keep the prompt
+
+
+def answer(body: dict) -> str:
+    return "ANSWER: " + body["messages"][-1]["content"]
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[ScriptedOpenAIServer, ScriptedOpenAIServer]]:
+    with ScriptedOpenAIServer(reply_fn=rewrite) as optimizer, ScriptedOpenAIServer(reply_fn=answer) as target:
+        yield optimizer, target
+
+
+@pytest.fixture(scope="module")
+def base_url(servers, tiny_model_dir: Path, ray_local: None) -> Iterator[str]:
+    optimizer, target = servers
+    cfg = ServeConfig.model_validate({
+        "optimizer": {"provider": "openai", "model": "scripted", "base_url": optimizer.base_url},
+        "targets": [
+            {"model": str(tiny_model_dir), "name": "tiny", "device": "cpu", "sampling": {"max_tokens": 8},
+             "deployment": {"num_cpus": 0.5}},
+            {"provider": "openai", "model": "scripted", "base_url": target.base_url, "name": "api"},
+        ],
+        "port": free_port(),
+        "max_prompt_chars": 2000,
+    })
+    try:
+        yield start_graph(cfg, name="test-graph")
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def secure_url(base_url: str, servers) -> str:
+    """The same graph with API keys on, beside the first under /secure."""
+    optimizer, target = servers
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    api = {"provider": "openai", "model": "scripted"}
+    cfg = ServeConfig.model_validate({
+        "optimizer": {**api, "base_url": optimizer.base_url},
+        "targets": [{**api, "base_url": target.base_url, "name": "api"}],
+        "port": port, "route_prefix": "/secure", "api_keys_env": [SERVE_KEY_ENV],
+    })
+    return start_graph(cfg, name="secure-graph")
+
+
+def _post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_every_target_is_listed_plain_and_optimized(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["tiny", "bpo/tiny", "api", "bpo/api"]
+
+
+def test_plain_goes_straight_and_bpo_sends_the_optimized_prompt(client: openai.OpenAI, servers) -> None:
+    _, target = servers
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": OWLS}]
+    plain = client.chat.completions.create(model="api", messages=messages)
+    assert plain.choices[0].message.content == f"ANSWER: {OWLS}"
+    assert plain.model_extra.get("bpo") is None
+
+    raw = client.chat.completions.with_raw_response.create(model="bpo/api", messages=messages)
+    done = raw.parse()
+    bpo = done.model_extra["bpo"]
+    assert bpo["optimized_prompt"] == OWLS + REWRITE and bpo["unchanged"] is False, bpo
+    assert unquote(raw.headers[OPTIMIZED_PROMPT_HEADER]) == OWLS + REWRITE
+    assert done.choices[0].message.content == f"ANSWER: {OWLS}{REWRITE}" and done.model == "bpo/api"
+    # The target got the whole conversation with the last user turn rewritten.
+    assert target.stats.bodies[-1]["messages"] == [messages[0], {"role": "user", "content": OWLS + REWRITE}]
+    # The optimizer's tokens are counted apart from the answer's.
+    assert bpo["usage"]["prompt_tokens"] > 0 and bpo["usage"]["completion_tokens"] > 0
+    assert done.usage.prompt_tokens == len(f"Be kind. {OWLS}{REWRITE}".split())
+
+
+def test_a_rewrite_the_guards_reject_leaves_the_prompt(client: openai.OpenAI) -> None:
+    done = client.chat.completions.create(model="bpo/api", messages=[{"role": "user", "content": "ECHO this."}])
+    assert done.model_extra["bpo"]["unchanged"] and done.model_extra["bpo"]["optimized_prompt"] == "ECHO this."
+    assert done.choices[0].message.content == "ANSWER: ECHO this."
+
+
+def test_streaming_gives_the_same_answer_in_chunks(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": OWLS}]
+    whole = client.chat.completions.create(model="bpo/api", messages=messages)
+    chunks = list(client.chat.completions.create(model="bpo/api", messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].model_extra["bpo"]["optimized_prompt"] == OWLS + REWRITE
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_local_target_answers_both_ways(client: openai.OpenAI) -> None:
+    for model in ("tiny", "bpo/tiny"):
+        done = client.chat.completions.create(model=model, messages=[{"role": "user", "content": OWLS}],
+                                              temperature=0, max_tokens=6)
+        assert done.choices[0].message.content and 0 < done.usage.completion_tokens <= 6
+
+
+def test_optimize_route(base_url: str) -> None:
+    status, body = _post(f"{base_url}/optimize", {"prompt": OWLS})
+    assert status == 200 and body["optimized_prompt"] == OWLS + REWRITE and not body["unchanged"]
+
+
+def test_errors_in_openai_shape(base_url: str, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="bpo/nope", messages=[{"role": "user", "content": "hi"}])
+    status, body = _post(f"{base_url}/chat/completions", {"model": "api"})
+    assert status == 400 and body["error"]["param"] == "messages"
+    status, body = _post(f"{base_url}/chat/completions", "{not json")
+    assert status == 400 and "error" in body
+    status, body = _post(f"{base_url}/chat/completions",
+                         {"model": "bpo/api", "messages": [{"role": "user", "content": "x" * 2001}]})
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    status, body = _post(f"{base_url}/chat/completions",
+                         {"model": "bpo/api", "messages": [{"role": "system", "content": "no user turn"}]})
+    assert status == 400 and body["error"]["param"] == "messages"
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/healthz", timeout=30) as resp:
+        assert json.loads(resp.read())["models"] == ["tiny", "bpo/tiny", "api", "bpo/api"]
+
+
+def test_the_deploy_config_in_the_repo_is_valid() -> None:
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[2] / "configs" / "serve-embedded.yaml").read_text())
+    application = config["applications"][0]
+    assert application["import_path"] == "bpo_ray.serve.graph:app"
+    cfg = ServeConfig.model_validate(application["args"])
+    target = cfg.targets[0]
+    options = target.deployment.options(target.model_spec(), cluster_gpus=0)
+    assert options["autoscaling_config"]["max_replicas"] == 2 and "num_replicas" not in options
+
+
+def test_api_keys_guard_every_route_but_health(secure_url: str) -> None:
+    key = os.environ[SERVE_KEY_ENV]
+    good = openai.OpenAI(base_url=secure_url, api_key=key, max_retries=0)
+    done = good.chat.completions.create(model="bpo/api", messages=[{"role": "user", "content": OWLS}])
+    assert done.choices[0].message.content == f"ANSWER: {OWLS}{REWRITE}"
+    for wrong in ("nope", key + "x"):
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=secure_url, api_key=wrong, max_retries=0).models.list()
+    status, body = _post(f"{secure_url}/optimize", {"prompt": OWLS})
+    assert status == 401 and body["error"]["code"] == "invalid_api_key" and key not in json.dumps(body)
+    status, body = _post(f"{secure_url}/optimize", {"prompt": OWLS}, {"authorization": f"Bearer {key}"})
+    assert status == 200 and body["optimized_prompt"] == OWLS + REWRITE
+    with urllib.request.urlopen(secure_url.removesuffix("/v1") + "/healthz", timeout=30) as resp:
+        assert resp.status == 200  # load balancers probe without a key
+
+
+def test_sustained_load_scales_a_target_up_and_back_down(base_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def replicas() -> int:
+        deployment = serve.status().applications["scaling-graph"].deployments["Target-slow"]
+        return deployment.replica_states.get("RUNNING", 0)
+
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    with ScriptedOpenAIServer(reply_fn=answer, latency_s=0.5) as slow:
+        api = {"provider": "openai", "model": "scripted", "base_url": slow.base_url}
+        cfg = ServeConfig.model_validate({
+            "optimizer": api, "port": port, "route_prefix": "/scaling",
+            "targets": [{**api, "name": "slow", "deployment": {
+                "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
+                "downscale_delay_s": 2, "look_back_period_s": 2}}],
+        })
+        url = start_graph(cfg, name="scaling-graph")
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        assert replicas() == 1
+        seen, answered = [1], []
+        deadline = time.monotonic() + 60
+
+        def ask(i: int) -> None:
+            while time.monotonic() < deadline and max(seen) < 2:
+                done = client.chat.completions.create(model="slow", messages=[{"role": "user", "content": f"q{i}"}])
+                answered.append(done.choices[0].message.content == f"ANSWER: q{i}")
+
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(ask, i) for i in range(12)]
+            while time.monotonic() < deadline and max(seen) < 2:
+                seen.append(replicas())
+                time.sleep(0.5)
+            for future in futures:
+                future.result()
+        assert max(seen) == 2 and answered and all(answered)
+        while time.monotonic() < deadline + 60 and replicas() > 1:
+            time.sleep(1)
+        assert replicas() == 1  # back down once the load is gone
+        serve.delete("scaling-graph")
