@@ -328,12 +328,17 @@ def evaluate(
     batch_size: Optional[int] = BATCH_SIZE,
     rate_limit: Optional[float] = RATE_LIMIT,
     limit: Optional[int] = typer.Option(None, help="Judge only the first N pairs."),
+    endpoint: Optional[str] = typer.Option(None, help="Live evaluation: a running `bpo-ray serve` graph's URL "
+                                           "(…/v1); it answers the --input test set as --target and bpo/--target."),
+    target: Optional[str] = typer.Option(None, help="With --endpoint: the served target X (default: embedded)."),
+    endpoint_key_env: Optional[str] = typer.Option(None, help="With --endpoint: env var holding its API key."),
     num_actors: Optional[int] = NUM_ACTORS,
     output_format: Optional[str] = FORMAT,
     ray_address: Optional[str] = RAY_ADDRESS,
     verbose: bool = VERBOSE,
 ) -> None:
-    """Judge the answers to original vs optimized prompts pairwise: win / tie / lose with a 95% CI."""
+    """Judge the answers to original vs optimized prompts pairwise: win / tie / lose with a 95% CI
+    (with --endpoint: A/B evaluation of a served BPO graph, X vs bpo/X)."""
     from bpo_ray.evaluate.config import EvaluateConfig
     from bpo_ray.evaluate.job import run_evaluate
 
@@ -344,7 +349,8 @@ def evaluate(
                                     provider=provider, concurrency=concurrency, batch_size=batch_size,
                                     rate_limit=rate_limit),
                  "judge_prompt": judge_prompt, "orders": orders, "verdict": verdict, "seed": seed,
-                 "max_tokens": max_tokens}
+                 "max_tokens": max_tokens, "endpoint.base_url": endpoint,
+                 "endpoint.model": target if endpoint or target else None, "endpoint.api_key_env": endpoint_key_env}
     _run_job("evaluate summary", EvaluateConfig, config, overrides, run_evaluate, show=print_evaluate_summary)
 
 

@@ -33,6 +33,14 @@ class Price(BaseModel):
     completion_per_1m: float = Field(0.0, ge=0, description="USD per million completion tokens.")
 
 
+class EndpointSpec(ModelSpec):
+    """A served target to evaluate live: `base_url` is the graph's (…/v1), `model` the target X
+    (answered as X and as bpo/X). Sampling defaults to the paper's target sampling."""
+
+    provider: Literal["openai"] = Field("openai", description="An OpenAI-compatible endpoint.")
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=1.0, max_tokens=1024))
+
+
 class EvaluateConfig(StageJobConfig):
     judge: ModelSpec = Field(default_factory=_judge_default, description="The judge model (an API model in the paper).")
     judge_prompt: str | JudgePrompt = Field(
@@ -51,3 +59,6 @@ class EvaluateConfig(StageJobConfig):
         "the job stops judging; the rest is reported as not judged and a re-run continues.")
     prices: dict[str, Price] = Field(
         default_factory=dict, description="Per judge model name: USD per million tokens, for the cost estimate.")
+    endpoint: EndpointSpec | None = Field(
+        None, description="Live evaluation: a running BPO graph (`bpo-ray serve`) answers the input's prompts as "
+        "both `target` and `bpo/target`; then the judge compares the two answers. The input is then a test set of prompts.")

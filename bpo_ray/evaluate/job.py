@@ -85,8 +85,17 @@ def run_evaluate(cfg: EvaluateConfig, streamed: dict[str, Any] | None = None) ->
     """Judge every pair, then add the statistics (overall, by dataset, by target) and the
     budget and cost figures to the summary; returns it (also DIR/summary.json). `streamed`:
     see `run_stage`."""
+    live = None
+    if cfg.endpoint is not None:  # the served graph answers first; its answers are what is judged
+        from bpo_ray.evaluate.live import live_answers_config, run_live_answers
+
+        live = run_live_answers(cfg)
+        cfg = cfg.model_copy(update={"input": [live_answers_config(cfg).output]})
     plan = evaluate_plan(cfg)
     summary = run_stage(plan, streamed)
+    if live is not None:
+        summary["live_answers"] = {k: live[k] for k in ("output", "rows_in", "rows_skipped", "rows_out",
+                                                        "rows_rejected", "reject_reasons", "requests")}
     setting = plan.salt()
     judgments = read_table(cfg.output, JUDGMENTS_TABLE, cfg.output_format)
     if judgments is not None:

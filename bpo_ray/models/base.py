@@ -53,6 +53,8 @@ class ChatResult:
     error: str | None = None
     retryable: bool = False
     """True when the error was transient (rate limit, timeout, 5xx): a later run may succeed."""
+    extra: dict = field(default_factory=dict)
+    """A reply's fields beyond OpenAI's (the BPO graph's `bpo` object), from HTTP backends."""
 
     @property
     def ok(self) -> bool:

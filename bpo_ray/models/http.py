@@ -62,6 +62,11 @@ class OpenAIHTTPBackend(ChatBackend):
         )
         self._slots: asyncio.Semaphore | None = None
 
+    @property
+    def rate_limiter(self) -> Any:
+        """The limiter this backend books on: another backend of the same endpoint shares it."""
+        return self._limiter
+
     def _get_client(self) -> Any:
         if self._client is None:
             # One connection per request in flight: the client's default pool keeps 100
@@ -239,6 +244,7 @@ def _fill_choices(result: ChatResult, reply: Any, text_of: Callable[[Any], str |
     if not getattr(reply, "choices", None):
         raise _MalformedReply("reply has no choices")
     result.texts = [(text_of(c) or "") for c in reply.choices]
+    result.extra = dict(getattr(reply, "model_extra", None) or {})
     result.finish_reasons = [c.finish_reason or "stop" for c in reply.choices]
     usage = getattr(reply, "usage", None)
     result.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0

@@ -234,3 +234,38 @@ def test_sustained_load_scales_a_target_up_and_back_down(base_url: str) -> None:
             time.sleep(1)
         assert replicas() == 1  # back down once the load is gone
         serve.delete("scaling-graph")
+
+
+def test_live_evaluation_of_the_served_graph(base_url: str, servers, tmp_path: Path) -> None:
+    from bpo_ray.data.ledger import read_table
+    from bpo_ray.evaluate.config import EvaluateConfig
+    from bpo_ray.evaluate.job import run_evaluate
+
+    _, target = servers
+    questions = [f"Question {i} about owls?" for i in range(6)] + ["ECHO this one."]
+    testset = tmp_path / "testset.jsonl"
+    testset.write_text("".join(json.dumps({"id": f"q{i}", "prompt": q}) + "\n" for i, q in enumerate(questions)))
+
+    def longer(body: dict) -> str:  # the judge prefers the longer answer
+        user = body["messages"][-1]["content"]
+        a = user.split("[Answer A]\n", 1)[1].split("\n[End of answer A]", 1)[0]
+        b = user.split("[Answer B]\n", 1)[1].split("\n[End of answer B]", 1)[0]
+        return "[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"
+
+    with ScriptedOpenAIServer(reply_fn=longer) as judge:
+        cfg = EvaluateConfig(input=[str(testset)], output=str(tmp_path / "live"),
+                             endpoint={"base_url": base_url, "model": "api", "max_retries": 0},
+                             judge={"provider": "openai", "model": "scripted", "base_url": judge.base_url})
+        summary = run_evaluate(cfg)
+        asked = target.stats.requests
+        again = run_evaluate(cfg)
+        assert target.stats.requests == asked and judge.stats.requests == 2 * len(questions)  # resumed: no call
+    answers = {r["id"]: r for r in read_table(str(tmp_path / "live" / "answers"), "responses", "parquet").to_pylist()}
+    assert answers["q0"]["optimized_prompt"] == questions[0] + REWRITE and not answers["q0"]["unchanged"]
+    assert answers["q0"]["original_response"] == f"ANSWER: {questions[0]}"
+    assert answers["q0"]["optimized_response"] == f"ANSWER: {questions[0]}{REWRITE}"
+    assert answers["q6"]["unchanged"] and answers["q6"]["optimized_response"] == answers["q6"]["original_response"]
+    assert summary["live_answers"]["rows_out"] == len(questions) and summary["live_answers"]["requests"] == 14
+    overall = summary["overall"]
+    assert (overall["n"], overall["win"], overall["tie"], overall["lose"]) == (7, 6, 1, 0)
+    assert again["rows_skipped"] == 14 and again["overall"] == overall
