@@ -269,3 +269,58 @@ def test_live_evaluation_of_the_served_graph(base_url: str, servers, tmp_path: P
     overall = summary["overall"]
     assert (overall["n"], overall["win"], overall["tie"], overall["lose"]) == (7, 6, 1, 0)
     assert again["rows_skipped"] == 14 and again["overall"] == overall
+
+
+def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(base_url: str) -> None:
+    import collections
+    import threading
+
+    import ray
+
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    with ScriptedOpenAIServer(reply_fn=answer, latency_s=0.3) as slow:
+        api = {"provider": "openai", "model": "scripted", "base_url": slow.base_url}
+        cfg = ServeConfig.model_validate({
+            "optimizer": api, "port": port, "route_prefix": "/killing",
+            "targets": [{**api, "name": "slow", "deployment": {"min_replicas": 2, "max_replicas": 2}}],
+        })
+        url = start_graph(cfg, name="kill-graph")
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=30)
+        outcomes: list[str] = []
+        stop = threading.Event()
+
+        def ask(worker: int) -> None:
+            for n in range(1000):
+                if stop.is_set():
+                    return
+                prompt = f"w{worker}-{n}"
+                try:
+                    done = client.chat.completions.create(model="slow", messages=[{"role": "user", "content": prompt}])
+                    outcomes.append("ok" if done.choices[0].message.content == f"ANSWER: {prompt}" else "wrong")
+                except (openai.InternalServerError, openai.APIConnectionError):
+                    outcomes.append("retryable")  # 5xx or a dropped connection: the client may retry
+
+        workers = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+        for worker in workers:
+            worker.start()
+        time.sleep(3)
+        replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                       if "kill-graph" in a["name"] and "Target-slow" in a["name"])
+        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+        before = len(outcomes)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            deployment = serve.status().applications["kill-graph"].deployments["Target-slow"]
+            if deployment.replica_states.get("RUNNING", 0) == 2 and len(outcomes) > before + 20:
+                break
+            time.sleep(0.5)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=40)
+            assert not worker.is_alive(), "a client hung"
+        sent = collections.Counter(body["messages"][-1]["content"] for body in slow.stats.bodies)
+        serve.delete("kill-graph")
+    assert deployment.replica_states.get("RUNNING", 0) == 2  # replaced
+    assert "wrong" not in outcomes and outcomes[before:].count("ok") > 20  # served on after the kill
+    assert max(sent.values()) == 1  # no request answered twice
+    print(f"outcomes: {collections.Counter(outcomes)}")
