@@ -31,19 +31,19 @@ PROMPTS = ["Tell me about owls.", "How do tides work?", "Give me three tips for 
 
 
 def _round(fn, concurrency: int, per_client: int) -> dict:
-    latencies, tokens = [], 0
+    latencies, tokens = [], []  # list.append is atomic across threads; `+=` on a shared int is not
 
     def client(worker: int) -> None:
-        nonlocal tokens
         for n in range(per_client):
             started = time.monotonic()
-            tokens += fn(PROMPTS[(worker + n) % len(PROMPTS)])
+            tokens.append(fn(PROMPTS[(worker + n) % len(PROMPTS)]))
             latencies.append(time.monotonic() - started)
 
     started = time.monotonic()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(client, range(concurrency)))
     wall = time.monotonic() - started
+    tokens = sum(tokens)
     latencies.sort()
     return {"tokens_per_s": round(tokens / wall, 1), "p50_s": round(statistics.median(latencies), 2),
             "p99_s": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2)}
