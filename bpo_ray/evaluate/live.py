@@ -17,10 +17,10 @@ from bpo_ray.models import build_backend
 from bpo_ray.models.base import ChatRequest, ChatResult
 from bpo_ray.models.stage import ModelStage, Row
 from bpo_ray.runner import REJECTED_TABLE, OutputTable, StagePlan, StageStep, run_stage
+from bpo_ray.serve.config import BPO_PREFIX
 
 ANSWERS_FOLDER = "answers"
 RESPONSES_TABLE = "responses"  # generate's table name: evaluate reads the folder as it reads generate's
-BPO_PREFIX = "bpo/"
 
 
 class LiveAnswerStage(ModelStage):

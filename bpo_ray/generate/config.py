@@ -43,7 +43,12 @@ class GenerateConfig(StageJobConfig):
     @field_validator("targets")
     @classmethod
     def _distinct_names(cls, targets: list[TargetSpec]) -> list[TargetSpec]:
-        names = [t.target_name() for t in targets]
-        if len(set(names)) != len(names):
-            raise ValueError(f"targets need distinct names (set `name`); got {names}")
-        return targets
+        return distinct_target_names(targets)
+
+
+def distinct_target_names(targets: list[TargetSpec]) -> list[TargetSpec]:
+    """Targets are told apart by name (output rows, served model ids): no two alike."""
+    names = [t.target_name() for t in targets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"targets need distinct names (set `name`); got {names}")
+    return targets

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bpo_ray.generate.config import TargetSpec
+from bpo_ray.generate.config import TargetSpec, distinct_target_names
 from bpo_ray.models.spec import ModelSpec
 from bpo_ray.optimize.config import OptimizerSettings
 
@@ -81,9 +81,6 @@ class ServeConfig(OptimizerSettings):
     @field_validator("targets")
     @classmethod
     def _distinct_names(cls, targets: list[ServedTarget]) -> list[ServedTarget]:
-        names = [t.target_name() for t in targets]
-        if len(set(names)) != len(names):
-            raise ValueError(f"targets need distinct names (set `name`); got {names}")
-        if bad := [n for n in names if n.startswith(BPO_PREFIX)]:
+        if bad := [t.target_name() for t in targets if t.target_name().startswith(BPO_PREFIX)]:
             raise ValueError(f"target names may not start with {BPO_PREFIX!r}: {bad}")
-        return targets
+        return distinct_target_names(targets)
