@@ -24,7 +24,7 @@ from pathlib import Path
 import openai
 
 # benchmarks/ (the script's folder) is on sys.path
-from rate_limited import at_limits, row_counts
+from rate_limited import row_counts, run_and_print
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "bpo"
@@ -93,34 +93,23 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     if DATA.is_dir():
         os.environ.setdefault("BPO_RAY_DATA_DIR", str(DATA))
-    import ray
-
     from bpo_ray.data.public import resolve_inputs
 
     public = resolve_inputs(["bpo:feedback_val", "bpo:bpo_test"])
     feedback = json.loads(Path(public[0]).read_text())
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    results, lines = [], []
 
     def ours(server, limit: float, tmp: str) -> dict:
         rows = args.rows or max(500, int(20 * limit))
         return bpo_ray_run(server.base_url, feedback_rows(public, rows, tmp), rows, limit, args.concurrency,
                            f"{tmp}/out", server)
 
-    for result in at_limits(args.limit, args.latency, reply,
-                            lambda server: sequential_baseline(server.base_url, feedback[: args.baseline_rows], server),
-                            ours, args.concurrency):
-        base, run, limit = result["a_sequential"], result["b_bpo_ray"], result["server"]["limit_rps"]
-        results.append(result)
-        lines.append(f"| construct, {args.latency * 1000:.0f} ms latency, {limit:g} req/s limit ({run['rows']} rows, "
-                     f"--concurrency {args.concurrency}) | {base['requests_per_s']} req/s | "
-                     f"{run['requests_per_s']} req/s | {result['speedup_b_over_a']}x | "
-                     f"{result['b_share_of_limit']:.1%} of limit | "
-                     f"{run['rows_lost']} rows lost, {run['server_429']} × 429 |")
-    ray.shutdown()
-    print(json.dumps(results, indent=2))
-    print("\n" + "\n".join(lines))
+    def table_row(base: dict, run: dict, limit: float) -> str:
+        return (f"| construct, {args.latency * 1000:.0f} ms latency, {limit:g} req/s limit ({run['rows']} rows, "
+                f"--concurrency {args.concurrency}) | {base['requests_per_s']} req/s | {run['requests_per_s']} req/s")
 
+    run_and_print(args.limit, args.latency, reply,
+                  lambda server: sequential_baseline(server.base_url, feedback[: args.baseline_rows], server),
+                  ours, args.concurrency, table_row)
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ from pathlib import Path
 import openai
 
 # benchmarks/ (the script's folder) is on sys.path
-from rate_limited import at_limits, row_counts
+from rate_limited import row_counts, run_and_print
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "bpo"
@@ -79,36 +79,27 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     if DATA.is_dir():
         os.environ.setdefault("BPO_RAY_DATA_DIR", str(DATA))
-    import ray
 
     from bpo_ray.data.public import resolve_inputs
 
     vicuna, dolly = resolve_inputs(["bpo:vicuna_eval", "bpo:dolly_eval"])
     prompts = [json.loads(line)["text"] for line in Path(vicuna).read_text().splitlines() if line.strip()]
     prompts += [r["instruction"] for r in json.loads(Path(dolly).read_text())]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    results, lines = [], []
 
     def ours(server, limit: float, tmp: str) -> dict:
         pairs = args.pairs or max(250, int(10 * limit))  # two judgments per pair: 20 s of work
         return bpo_ray_run(server.base_url, pairs_file(prompts, pairs, tmp), limit, args.concurrency,
                            f"{tmp}/out", server)
 
-    for result in at_limits(args.limit, args.latency, verdict,
-                            lambda server: sequential_baseline(server.base_url, prompts[: args.baseline_pairs], server),
-                            ours, args.concurrency):
-        base, run, limit = result["a_sequential"], result["b_bpo_ray"], result["server"]["limit_rps"]
-        results.append(result)
-        lines.append(f"| evaluate (judging), {args.latency * 1000:.0f} ms latency, {limit:g} req/s limit "
-                     f"({run['rows']} judgments = {run['rows'] // 2} pairs × 2 orders; baseline {base['pairs']} "
-                     f"pairs, --concurrency {args.concurrency}) | the paper's judging loop: "
-                     f"{base['requests_per_s']} req/s | {run['requests_per_s']} req/s | "
-                     f"{result['speedup_b_over_a']}x | {result['b_share_of_limit']:.1%} of limit | "
-                     f"{run['rows_lost']} rows lost, {run['server_429']} × 429 |")
-    ray.shutdown()
-    print(json.dumps(results, indent=2))
-    print("\n" + "\n".join(lines))
+    def table_row(base: dict, run: dict, limit: float) -> str:
+        return (f"| evaluate (judging), {args.latency * 1000:.0f} ms latency, {limit:g} req/s limit "
+                f"({run['rows']} judgments = {run['rows'] // 2} pairs × 2 orders; baseline {base['pairs']} "
+                f"pairs, --concurrency {args.concurrency}) | the paper's judging loop: "
+                f"{base['requests_per_s']} req/s | {run['requests_per_s']} req/s")
 
+    run_and_print(args.limit, args.latency, verdict,
+                  lambda server: sequential_baseline(server.base_url, prompts[: args.baseline_pairs], server),
+                  ours, args.concurrency, table_row)
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@ rates counted by the server."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,3 +38,23 @@ def row_counts(summary: dict, server) -> dict:
             "rows_out": summary["rows_out"], "rows_rejected": summary["rows_rejected"],
             "rows_lost": summary["rows_in"] - summary["rows_out"] - summary["rows_rejected"],
             "reject_reasons": summary["reject_reasons"]}
+
+
+def run_and_print(limits: list[float], latency: float, reply_fn: Callable[[dict], str],
+                  baseline: Callable[[Any], dict], ours: Callable[[Any, float, str], dict], concurrency: int,
+                  table_row: Callable[[dict, dict, float], str]) -> None:
+    """`at_limits` on a local 2-CPU Ray, then the results as JSON and as README table rows
+    (`table_row(baseline figures, bpo-ray figures, limit)` gives a row's first cells)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    results, lines = [], []
+    for result in at_limits(limits, latency, reply_fn, baseline, ours, concurrency):
+        base, run, limit = result["a_sequential"], result["b_bpo_ray"], result["server"]["limit_rps"]
+        results.append(result)
+        lines.append(f"{table_row(base, run, limit)} | {result['speedup_b_over_a']}x | "
+                     f"{result['b_share_of_limit']:.1%} of limit | "
+                     f"{run['rows_lost']} rows lost, {run['server_429']} × 429 |")
+    ray.shutdown()
+    print(json.dumps(results, indent=2))
+    print("\n" + "\n".join(lines))
