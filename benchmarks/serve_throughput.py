@@ -8,7 +8,9 @@ every concurrency (`--requests-per-client` requests per client thread, all threa
       (concurrency 1: one request at a time): the ceiling of what a replica can do;
   (b) the graph's plain `X` path with dynamic batching off (`batch_size: 1`);
   (c) the plain path with dynamic batching (`batch_size: 32`);
-  (d) `bpo/X`: the optimizer rewrites the prompt first, then the target answers.
+  (d) `bpo/X`: the optimizer rewrites the prompt first, then the target answers;
+  (e) (c) with stream=true: also the time to each answer's first text;
+  (f) (c) with the target replica on 2 CPUs (2 torch threads) and the optimizer on none.
 (b)-(d) go through Ray Serve over HTTP with the `openai` client. Figures: completion tokens per
 second over the wall time of the round, and per-request latency p50 / p99.
 """
@@ -69,7 +71,8 @@ def direct(concurrency: int, per_client: int, max_tokens: int) -> dict:
             "p99_s": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2)}
 
 
-def served(batch_size: int, model: str, concurrencies: list[int], per_client: int, max_tokens: int) -> dict:
+def served(batch_size: int, model: str, concurrencies: list[int], per_client: int, max_tokens: int, *,
+           target_cpus: float = 1, optimizer_cpus: float = 1, stream: bool = False) -> dict:
     import openai
     from ray import serve
 
@@ -78,22 +81,42 @@ def served(batch_size: int, model: str, concurrencies: list[int], per_client: in
 
     cfg = ServeConfig.model_validate({
         "optimizer": {"model": "embedded", "device": "cpu", "batch_size": 32, "sampling": {"max_tokens": 96}},
+        "optimizer_deployment": {"num_cpus": optimizer_cpus},
         "mode": "greedy",
         "targets": [{"model": "embedded", "device": "cpu", "batch_size": batch_size,
-                     "deployment": {"max_ongoing_requests": 64}}],
+                     "deployment": {"max_ongoing_requests": 64, "num_cpus": target_cpus}}],
         "port": 8321,
     })
     url = start_graph(cfg, name="bench")
     client = openai.OpenAI(base_url=url, api_key="unused", timeout=600)
 
+    first_tokens: list[float] = []
+
     def ask(prompt: str) -> int:
-        done = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                              max_tokens=max_tokens, temperature=0)
-        return done.usage.completion_tokens
+        messages = [{"role": "user", "content": prompt}]
+        if not stream:
+            done = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                  temperature=0)
+            return done.usage.completion_tokens
+        started, first, used = time.monotonic(), None, 0
+        for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                    temperature=0, stream=True,
+                                                    stream_options={"include_usage": True}):
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.monotonic() - started
+            used = chunk.usage.completion_tokens if chunk.usage else used
+        first_tokens.append(first if first is not None else time.monotonic() - started)
+        return used
 
     ask(PROMPTS[0])  # warm
+    out = {}
     try:
-        return {c: _round(ask, c, per_client) for c in concurrencies}
+        for c in concurrencies:
+            first_tokens.clear()
+            out[c] = _round(ask, c, per_client)
+            if stream:  # time to the first text, per request
+                out[c]["first_text_p50_s"] = round(statistics.median(first_tokens), 2)
+        return out
     finally:
         serve.delete("bench")
 
@@ -117,6 +140,12 @@ def main() -> None:
     results["(c) graph X, batching"] = served(32, "embedded", args.concurrency, args.requests_per_client, args.max_tokens)
     results["(d) graph bpo/X, batching"] = served(32, "bpo/embedded", args.concurrency, args.requests_per_client,
                                                   args.max_tokens)
+    results["(e) graph X, batching, streamed"] = served(32, "embedded", args.concurrency, args.requests_per_client,
+                                                        args.max_tokens, stream=True)
+    # The plain path with the target replica on both cores (the optimizer idles on none).
+    results["(f) graph X, batching, 2-CPU replica"] = served(32, "embedded", args.concurrency,
+                                                             args.requests_per_client, args.max_tokens,
+                                                             target_cpus=2, optimizer_cpus=0)
     print(json.dumps(results, indent=2))
 
 

@@ -39,6 +39,9 @@ class EndpointSpec(ModelSpec):
 
     provider: Literal["openai"] = Field("openai", description="An OpenAI-compatible endpoint.")
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, top_p=1.0, max_tokens=1024))
+    # A bpo/X answer is a rewrite then up to 1024 tokens; a graph on CPUs takes minutes for it,
+    # and a request retried on timeout is computed twice.
+    timeout_s: float = Field(600.0, gt=0, description="Per-request timeout in seconds.")
 
 
 class EvaluateConfig(StageJobConfig):

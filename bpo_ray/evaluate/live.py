@@ -36,6 +36,7 @@ class LiveAnswerStage(ModelStage):
         "optimized_response": "",
         "original_finish_reason": "",
         "optimized_finish_reason": "",
+        "optimize_model": "",  # the served optimizer, in the column generate carries from optimize
     }
 
     def __init__(self, spec: dict, **kwargs: Any):
@@ -69,6 +70,7 @@ class LiveAnswerStage(ModelStage):
             return self.reject(out, f"the endpoint's {BPO_PREFIX}{self.spec.model} reply has no `bpo` object: "
                                "is it a bpo-ray serve graph?")
         out["optimized_prompt"], out["unchanged"] = bpo["optimized_prompt"], bool(bpo.get("unchanged"))
+        out["optimize_model"] = str(bpo.get("optimizer") or "")
         return out
 
 

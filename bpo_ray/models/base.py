@@ -7,6 +7,7 @@ it is worth retrying later, so stages can turn it into a rejected row with its r
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,10 @@ class ChatRequest:
     """Per-request overrides of the spec's sampling parameters."""
     logprobs: bool = False
     top_logprobs: int = 0
+    on_text: Callable[[int, str], None] | None = field(default=None, repr=False, compare=False)
+    """Streaming: called with (choice index, new text) as the reply is written, possibly from
+    the backend's worker thread. The result still carries the whole text; a backend that cannot
+    stream never calls it (bpo_ray/serve/streaming.py then sends the result in one piece)."""
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 
 import openai
 from openai.types import Completion
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from bpo_ray.errors import ModelUnavailableError
 from bpo_ray.models.base import ChatBackend, ChatRequest, ChatResult, TokenLogprob
@@ -108,7 +108,10 @@ class OpenAIHTTPBackend(ChatBackend):
                 await self._limiter.acquire(estimate)
             result.requests += 1
             try:
-                reply = await self._post(text, kwargs)
+                if request.on_text is not None and not text:
+                    reply = await self._post_streamed(kwargs, request.on_text)
+                else:
+                    reply = await self._post(text, kwargs)
                 fill(result, reply)
                 if self._limiter.active:
                     self._limiter.settle(result.prompt_tokens + result.completion_tokens - estimate)
@@ -119,7 +122,8 @@ class OpenAIHTTPBackend(ChatBackend):
                 retryable, retry_after = _classify(exc)
                 result.error = _describe(exc)
                 result.retryable = retryable
-                if not retryable or attempt == self.spec.max_retries:
+                # Text already streamed cannot be taken back: no second attempt after it.
+                if not retryable or attempt == self.spec.max_retries or getattr(exc, "after_text", False):
                     break
                 result.retries += 1
                 await asyncio.sleep(_backoff(attempt, retry_after))
@@ -135,6 +139,41 @@ class OpenAIHTTPBackend(ChatBackend):
         body.update(body.pop("extra_body", {}))
         path, reply_type = ("/completions", Completion) if text else ("/chat/completions", ChatCompletion)
         return await self._get_client().post(path, cast_to=reply_type, body=body, options={"timeout": timeout})
+
+    async def _post_streamed(self, kwargs: dict[str, Any], on_text: Callable[[int, str], None]) -> ChatCompletion:
+        """A chat completion asked for with stream=true: each piece of text goes to `on_text`
+        as it arrives, and the chunks are put together into the reply `_post` would return.
+        An error after some text is marked `after_text` (not to be retried)."""
+        body = dict(kwargs)
+        timeout = body.pop("timeout")
+        body.update(body.pop("extra_body", {}))
+        body.update(stream=True, stream_options={"include_usage": True})
+        stream = await self._get_client().post("/chat/completions", cast_to=ChatCompletion, body=body,
+                                               options={"timeout": timeout}, stream=True,
+                                               stream_cls=openai.AsyncStream[ChatCompletionChunk])
+        texts: dict[int, list[str]] = {}
+        finish: dict[int, str] = {}
+        usage, extra = None, {}
+        try:
+            async for chunk in stream:
+                extra.update({k: v for k, v in (chunk.model_extra or {}).items() if k != "error"})
+                if error := (chunk.model_extra or {}).get("error"):
+                    raise _MalformedReply(f"the stream ended with an error: {_short(str(error))}")
+                usage = chunk.usage or usage
+                for choice in chunk.choices:
+                    piece = choice.delta.content or ""
+                    if piece:
+                        texts.setdefault(choice.index, []).append(piece)
+                        on_text(choice.index, piece)
+                    finish[choice.index] = choice.finish_reason or finish.get(choice.index, "")
+        except Exception as exc:
+            exc.after_text = bool(texts)  # type: ignore[attr-defined]
+            raise
+        return ChatCompletion.model_validate({
+            "id": "", "object": "chat.completion", "created": 0, "model": kwargs["model"],
+            "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(texts.get(i, []))},
+                         "finish_reason": finish.get(i) or "stop"} for i in sorted(set(texts) | set(finish))],
+            "usage": usage.model_dump() if usage else None, **extra})
 
     def _request_kwargs(self, request: ChatRequest) -> dict[str, Any]:
         """Arguments of a chat completion."""

@@ -9,18 +9,33 @@ so the spec's fingerprint fully describes what produced an output.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+)
+from transformers.generation.streamers import BaseStreamer
 
 from bpo_ray.errors import ConfigError, ModelUnavailableError
-from bpo_ray.models.base import ChatBackend, ChatRequest, ChatResult, Message, TokenLogprob
+from bpo_ray.models.base import (
+    ChatBackend,
+    ChatRequest,
+    ChatResult,
+    Message,
+    TokenLogprob,
+)
 from bpo_ray.models.embedded import resolve_model_path
 from bpo_ray.models.spec import ModelSpec, Sampling
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -154,9 +169,13 @@ class TransformersBackend(ChatBackend):
         )
         if s.seed is not None:
             torch.manual_seed(s.seed)
+        streamer = None
+        if any(job.request.on_text for job in jobs):
+            streamer = _TextStreamer(self, jobs, copies=copies, n=s.n, stops=stops)
         started = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(**batch, generation_config=config, tokenizer=self.tokenizer)
+            out = self.model.generate(**batch, generation_config=config, tokenizer=self.tokenizer,
+                                      streamer=streamer)
         latency = time.perf_counter() - started
 
         new_tokens = out.sequences[:, prompt_len:].tolist()
@@ -206,6 +225,59 @@ class TransformersBackend(ChatBackend):
 
     def _token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
+
+
+class _TextStreamer(BaseStreamer):
+    """Hands each streaming request its new text after every decoding step of a batch.
+
+    Text is sent only once it is final: a stop string may still begin in the last characters
+    (held back), and a trailing U+FFFD is half a character still being decoded. So what was sent
+    is always a prefix of the result's text, and the rest follows with the result.
+    """
+
+    def __init__(self, backend: TransformersBackend, jobs: list[_Job], *, copies: int, n: int,
+                 stops: list[str]) -> None:
+        self.backend = backend
+        self.hold = max((len(x) for x in stops), default=1) - 1
+        self.stops = stops
+        # Generated row -> the (request, choice) pairs it answers: rows are prompts repeated
+        # `copies` times in place; greedy choices (copies 1) all read the one row.
+        self.readers: dict[int, list[tuple[ChatRequest, int]]] = {}
+        for j, job in enumerate(jobs):
+            if job.request.on_text is not None:
+                for c in range(n):
+                    self.readers.setdefault(j * copies + c % copies, []).append((job.request, c))
+        self.tokens: dict[int, list[int]] = {row: [] for row in self.readers}
+        self.sent: dict[int, int] = dict.fromkeys(self.readers, 0)
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate's first call hands over the prompts
+            self.prompt_seen = True
+            return
+        step = value.tolist()
+        ends = self.backend.eos_ids | {self.backend.tokenizer.pad_token_id}
+        for row in list(self.tokens):
+            token = step[row]
+            if token in ends:  # finished: the result says the rest
+                del self.tokens[row]
+                continue
+            self.tokens[row].append(token)
+            text = self.backend.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            if any(x in text for x in self.stops):
+                del self.tokens[row]
+                continue
+            ready = len(text[: max(0, len(text) - self.hold)].rstrip("\ufffd"))
+            if ready > self.sent[row]:
+                for request, choice in self.readers[row]:
+                    try:
+                        request.on_text(choice, text[self.sent[row]:ready])
+                    except Exception:  # a reader's failure must not end the batch's generate
+                        log.warning("a streaming reader failed", exc_info=True)
+                self.sent[row] = ready
+
+    def end(self) -> None:
+        return None
 
 
 def _pick_device(device: str) -> torch.device:

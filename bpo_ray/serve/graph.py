@@ -34,10 +34,12 @@ from bpo_ray.serve.openai_api import (
     install_error_handlers,
     models_json,
     new_request_id,
+    raise_if_failed,
     to_chat_request,
     to_chunk_events,
     to_completion_json,
 )
+from bpo_ray.serve.streaming import started
 
 OPTIMIZED_PROMPT_HEADER = "x-bpo-optimized-prompt"
 """The optimized prompt of a bpo/X answer, percent-encoded (headers carry Latin-1 only)."""
@@ -53,6 +55,7 @@ class Optimizer:
         model = ModelSpec.model_validate(spec)
         key = SecretStr(model.api_key()) if model.is_http else None  # from the replica's environment
         self.stage = OptimizeStage(spec, **stage_kwargs, api_key=key)
+        self.name = model.model  # said in each answer's `bpo` object: which optimizer wrote it
         self._rewrite.set_max_batch_size(model.batch_size)
         self.stage.backend  # load the model now: a replica is healthy once it can answer
 
@@ -62,17 +65,18 @@ class Optimizer:
         return await self.stage.process_rows(rows)
 
     async def optimize(self, prompt: str, context: str = "") -> dict[str, Any]:
-        """{optimized_prompt, unchanged, reason, usage}. A rewrite the guards reject, or a failed
-        call, leaves the prompt as it is (unchanged, with the reason): a user's request never
-        fails because its rewrite did."""
+        """{optimized_prompt, unchanged, reason, optimizer, usage}. A rewrite the guards reject,
+        or a failed call, leaves the prompt as it is (unchanged, with the reason): a user's
+        request never fails because its rewrite did."""
         row = await self._rewrite((prompt, context))
         usage = {"prompt_tokens": row.get("optimize_prompt_tokens", 0),
                  "completion_tokens": row.get("optimize_completion_tokens", 0)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        out = {"optimizer": self.name, "usage": usage}
         if row.get("status", STATUS_OK) != STATUS_OK:  # process_rows marks rejected rows only
-            return {"optimized_prompt": prompt, "unchanged": True, "reason": row.get("reason", ""), "usage": usage}
+            return {"optimized_prompt": prompt, "unchanged": True, "reason": row.get("reason", ""), **out}
         return {"optimized_prompt": row["optimized_prompt"], "unchanged": bool(row["unchanged"]),
-                "reason": row.get("unchanged_reason", ""), "usage": usage}
+                "reason": row.get("unchanged_reason", ""), **out}
 
     def check_health(self) -> None:
         if self.stage.backend is None:
@@ -88,6 +92,27 @@ class OptimizeRequest(BaseModel):
 
     prompt: str = Field(min_length=1)
     context: str = ""
+
+
+# Defined before Ingress: Serve pickles the class when it is decorated, with the module's
+# globals as they are at that moment.
+def _raise_for_failure(result: ChatResult) -> None:
+    """A failed result as its HTTP error: a transient failure (the model busy, out of memory) is
+    503 with Retry-After, so the client retries; the rest as `raise_if_failed` (400, 500)."""
+    if result.error is not None and result.retryable:
+        raise _Overloaded(result.error)
+    raise_if_failed(result)
+
+
+class _Overloaded(OpenAIError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(503, f"the server is busy, retry shortly ({detail})", type="server_error",
+                         code="overloaded")
+
+    def response(self) -> JSONResponse:
+        out = super().response()
+        out.headers["Retry-After"] = "1"
+        return out
 
 
 api = FastAPI(title="bpo-ray")
@@ -146,13 +171,13 @@ class Ingress:
             chat, bpo = await self._optimize_last_user_turn(chat)
             extra["bpo"] = bpo
             headers[OPTIMIZED_PROMPT_HEADER] = quote(bpo["optimized_prompt"])
-        result = await self._call(self.targets[target].answer.remote(chat))
         request_id = new_request_id()
         if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            events = to_chunk_events(result, model=body.model, request_id=request_id, include_usage=include_usage,
-                                     extra=extra)
+            pieces = await self._call_streamed(self.targets[target].answer_stream.options(stream=True).remote(chat))
+            events = to_chunk_events(pieces, model=body.model, request_id=request_id,
+                                     include_usage=body.include_usage(), extra=extra)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        result = await self._call(self.targets[target].answer.remote(chat))
         return JSONResponse({**to_completion_json(result, model=body.model, request_id=request_id), **extra},
                             headers=headers)
 
@@ -185,20 +210,18 @@ class Ingress:
             result = await response
         except BackPressureError as exc:
             raise _Overloaded(str(exc)) from exc
-        if isinstance(result, ChatResult) and result.error is not None and result.retryable:
-            raise _Overloaded(result.error)
+        if isinstance(result, ChatResult):
+            _raise_for_failure(result)
         return result
 
+    async def _call_streamed(self, pieces: Any) -> Any:
+        """The target's stream once its first piece came (errors before it get their status)."""
+        from ray.serve.exceptions import BackPressureError
 
-class _Overloaded(OpenAIError):
-    def __init__(self, detail: str) -> None:
-        super().__init__(503, f"the server is busy, retry shortly ({detail})", type="server_error",
-                         code="overloaded")
-
-    def response(self) -> JSONResponse:
-        out = super().response()
-        out.headers["Retry-After"] = "1"
-        return out
+        try:
+            return await started(pieces, _raise_for_failure)
+        except BackPressureError as exc:
+            raise _Overloaded(str(exc)) from exc
 
 
 def build_app(cfg: ServeConfig) -> Application:

@@ -13,11 +13,12 @@ get their throughput.
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve import Application
 
@@ -32,11 +33,14 @@ from bpo_ray.serve.openai_api import (
     model_json,
     models_json,
     new_request_id,
+    raise_if_failed,
     to_chat_request,
+    to_chunk_events,
     to_completion_json,
     to_text_completion_json,
     to_text_request,
 )
+from bpo_ray.serve.streaming import TextPiece, started, stream_reply
 from bpo_ray.terminal import quiet_ray_consoles
 
 api = FastAPI(title="bpo-ray model server")
@@ -79,6 +83,12 @@ class ModelReplica:
         """One request, batched with the replica's others."""
         return await self._generate(request)
 
+    async def answer_stream(self, request: ChatRequest) -> AsyncIterator[TextPiece | ChatResult]:
+        """One request, batched with the replica's others: its text pieces as they are written,
+        then the result (call through a handle with `.options(stream=True)`)."""
+        async for piece in stream_reply(self._generate, request):
+            yield piece
+
 
 @serve.deployment
 @serve.ingress(api)
@@ -100,9 +110,15 @@ class ModelServer(ModelReplica):
         return model_json(self.model_id)
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest) -> JSONResponse:
+    async def chat_completions(self, body: ChatCompletionRequest) -> Response:
         check_model(body.model, self.model_id)
-        result = await self._answer(to_chat_request(body))
+        request = to_chat_request(body, streams=True)
+        if body.stream:
+            pieces = await started(self.answer_stream(request), raise_if_failed)
+            return StreamingResponse(to_chunk_events(pieces, model=self.model_id, request_id=new_request_id(),
+                                                     include_usage=body.include_usage()),
+                                     media_type="text/event-stream")
+        result = await self._answer(request)
         return JSONResponse(to_completion_json(result, model=self.model_id,
                                                request_id=new_request_id()))
 

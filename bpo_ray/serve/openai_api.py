@@ -10,9 +10,10 @@ typed exceptions.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -119,6 +120,9 @@ class ChatCompletionRequest(_GenerationRequest):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
 
 class CompletionRequest(_GenerationRequest):
     """The fields of POST /v1/completions (OpenAI's legacy text completions) this server
@@ -144,6 +148,8 @@ def to_chat_request(req: ChatCompletionRequest, *, streams: bool = False) -> Cha
     (`streams`: the server answers stream=true, see `to_chunk_events`)."""
     if not streams:
         _refuse_stream(req)
+    elif req.stream and req.logprobs:
+        raise OpenAIError(400, "logprobs are not streamed by this server; ask with stream=false", param="logprobs")
     if req.top_logprobs and not req.logprobs:
         raise OpenAIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
     messages = [m.to_message() for m in req.messages]
@@ -219,7 +225,7 @@ def _top_dict(top: list[tuple[str, float]]) -> dict[str, float]:
 def to_completion_json(result: ChatResult, *, model: str, request_id: str) -> dict[str, Any]:
     """A `chat.completion` object. A failed result raises OpenAIError: 400 when retrying cannot
     help (prompt too long, bad sampling values; what OpenAI answers too), else 500."""
-    _raise_if_failed(result)
+    raise_if_failed(result)
     choices = [{
         "index": i,
         "message": {"role": "assistant", "content": text, "refusal": None},
@@ -231,7 +237,7 @@ def to_completion_json(result: ChatResult, *, model: str, request_id: str) -> di
 
 def to_text_completion_json(result: ChatResult, *, model: str, request_id: str) -> dict[str, Any]:
     """A `text_completion` object (the legacy completions API); errors as in to_completion_json."""
-    _raise_if_failed(result)
+    raise_if_failed(result)
     choices = [{
         "index": i,
         "text": text,
@@ -241,7 +247,9 @@ def to_text_completion_json(result: ChatResult, *, model: str, request_id: str) 
     return _response_json(result, f"cmpl-{request_id}", "text_completion", model, choices)
 
 
-def _raise_if_failed(result: ChatResult) -> None:
+def raise_if_failed(result: ChatResult) -> None:
+    """OpenAIError for a failed result: 400 when retrying cannot help (prompt too long, bad
+    sampling values; what OpenAI answers too), else 500."""
     if result.error is None:
         return
     if not result.retryable:
@@ -288,26 +296,49 @@ def check_model(requested: str, *served: str) -> None:
                           f"{', '.join(f'`{m}`' for m in served)})", param="model", code="model_not_found")
 
 
-def to_chunk_events(result: ChatResult, *, model: str, request_id: str, include_usage: bool = False,
-                    extra: dict[str, Any] | None = None) -> Iterator[str]:
-    """A finished result as `chat.completion.chunk` server-sent events, as OpenAI streams them:
-    per choice a role chunk, the content, a finish chunk; then a usage chunk when asked for
-    (`stream_options.include_usage`), then `data: [DONE]`. `extra` keys go on the first chunk."""
-    import json
+async def to_chunk_events(pieces: AsyncIterator[tuple[int, str] | ChatResult], *, model: str, request_id: str,
+                          include_usage: bool = False, extra: dict[str, Any] | None = None) -> AsyncIterator[str]:
+    """A reply as `chat.completion.chunk` server-sent events, as OpenAI streams them.
 
-    _raise_if_failed(result)
+    `pieces` yields (choice index, new text) as the model writes, then the finished ChatResult
+    (bpo_ray/serve/streaming.py); the result's text beyond what was streamed follows at the end,
+    so a backend that cannot stream is sent in one piece. Each choice opens with a role chunk
+    (the first one carries `extra`) and closes with its finish_reason; then a usage chunk when
+    asked for (`stream_options.include_usage`), then `data: [DONE]`. A failure after the first
+    chunk is an `error` event: the status line has gone already.
+    """
     base = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": model}
+    opened: set[int] = set()
+    sent: dict[int, int] = {}
 
     def event(choices: list[dict[str, Any]], **more: Any) -> str:
         return f"data: {json.dumps({**base, 'choices': choices, **more}, ensure_ascii=False)}\n\n"
 
-    first = True
+    def text_events(i: int, text: str) -> Iterator[str]:
+        if i not in opened:
+            opened.add(i)
+            yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                        **((extra or {}) if len(opened) == 1 else {}))
+        if text:
+            sent[i] = sent.get(i, 0) + len(text)
+            yield event([{"index": i, "delta": {"content": text}, "finish_reason": None}])
+
+    result: ChatResult | None = None
+    async for piece in pieces:
+        if isinstance(piece, ChatResult):
+            result = piece
+            break
+        for line in text_events(*piece):
+            yield line
+    if result is None or result.error is not None:
+        error = result.error if result is not None else "the reply ended without a result"
+        yield f"data: {json.dumps({'error': {'message': error, 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+        yield "data: [DONE]\n\n"
+        return
     for i, text, finish, _ in _choices(result):
-        yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-                    **((extra or {}) if first else {}))
-        first = False
-        yield event([{"index": i, "delta": {"content": text}, "finish_reason": None}])
+        for line in text_events(i, text[sent.get(i, 0):]):
+            yield line
         yield event([{"index": i, "delta": {}, "finish_reason": finish}])
     if include_usage:
         yield event([], usage=_response_json(result, "", "", model, [])["usage"])

@@ -13,6 +13,7 @@ import collections
 import itertools
 import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -377,7 +378,34 @@ class ScriptedOpenAIServer:
             content = self._content(body, fault)
         except Exception as exc:  # a buggy reply_fn should surface as a 500, not a dropped socket
             return self._reply(_error_response(500, f"reply_fn failed: {exc!r}", "server_error"))
-        return self._reply(web.json_response(render(body, content)))
+        reply = render(body, content)
+        if body.get("stream") and reply["object"] == "chat.completion":
+            return await self._stream(request, body, reply)
+        return self._reply(web.json_response(reply))
+
+    async def _stream(self, request: web.Request, body: dict, reply: dict) -> web.StreamResponse:
+        """A chat reply as OpenAI streams it: per choice a role chunk, its text word by word and a
+        finish chunk, a usage chunk when `stream_options.include_usage`, then [DONE]."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
+                "model": reply["model"]}
+
+        async def send(choices: list[dict], **more: Any) -> None:
+            await response.write(f"data: {json.dumps({**base, 'choices': choices, **more})}\n\n".encode())
+
+        for choice in reply["choices"]:
+            i = choice["index"]
+            await send([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            for word in re.findall(r"\s*\S+|\s+$", choice["message"]["content"]):
+                await send([{"index": i, "delta": {"content": word}, "finish_reason": None}])
+            await send([{"index": i, "delta": {}, "finish_reason": choice["finish_reason"]}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], usage=reply["usage"])
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        self.stats.record_reply(200)
+        return response
 
     def _reply(self, response: web.Response) -> web.Response:
         self.stats.record_reply(response.status)

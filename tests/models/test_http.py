@@ -77,6 +77,27 @@ def test_token_estimate_counts_a_raw_prompt():
     assert _estimate_tokens(ChatRequest([{"role": "user", "content": "x" * 40}], prefill="y" * 4), 10) == 21
 
 
+def test_streamed_request_hands_over_text_as_it_arrives(server):
+    pieces: list[tuple[int, str]] = []
+    ask = ChatRequest([{"role": "user", "content": "tell me three things"}], sampling={"n": 2},
+                      on_text=lambda choice, text: pieces.append((choice, text)))
+    [res] = run(build_backend(spec_for(server.base_url)), [ask])
+    assert server.stats.bodies[-1]["stream"] is True
+    assert res.ok and res.texts == ["ok: tell me three things"] * 2 and res.finish_reasons == ["stop", "stop"]
+    for choice in (0, 1):  # word by word, as the server streamed it
+        mine = [text for c, text in pieces if c == choice]
+        assert "".join(mine) == res.texts[choice] and len(mine) == 5
+    assert (res.prompt_tokens, res.completion_tokens) == (4, 10)  # from the stream's usage chunk
+
+
+def test_a_streamed_request_is_retried_before_any_text(server):
+    server.push(Fault(status=503))
+    pieces: list[str] = []
+    [res] = run(build_backend(spec_for(server.base_url)),
+                [ChatRequest([{"role": "user", "content": "hi"}], on_text=lambda _, text: pieces.append(text))])
+    assert res.ok and res.retries == 1 and "".join(pieces) == res.text == "ok: hi"
+
+
 def test_429_with_retry_after_is_honoured(server):
     server.push(Fault(status=429, retry_after=0.4))
     started = time.monotonic()

@@ -318,3 +318,21 @@ def test_embedded_model_answers():
     assert time.perf_counter() - again < 5
     assert resolve_model_path("embedded") == str(folder)
     print(f"embedded model ready + answered in {time.perf_counter() - started:.1f} s")
+
+
+@pytest.mark.slow
+def test_embedded_model_streams_its_text_as_it_writes():
+    backend = TransformersBackend(ModelSpec())
+    pieces: list[tuple[float, str]] = []
+    question = [{"role": "user", "content": "Name three rivers in Europe."}]
+    streamed = ChatRequest(question, sampling=greedy(48),
+                           on_text=lambda choice, text: pieces.append((time.perf_counter(), text)))
+    beside = ChatRequest(question, sampling=greedy(48))  # same batch, not streamed
+    started = time.perf_counter()
+    result, other = asyncio.run(backend.chat_batch([streamed, beside]))
+    finished = time.perf_counter()
+    assert result.ok and "".join(text for _, text in pieces) == result.text == other.text
+    # Token by token (a piece may hold a few tokens whose characters complete together) ...
+    assert len(pieces) >= result.completion_tokens // 2, pieces
+    # ... and as it is written, not when generate returns.
+    assert pieces[0][0] - started < (finished - started) / 2

@@ -131,8 +131,10 @@ def test_streaming_gives_the_same_answer_in_chunks(client: openai.OpenAI) -> Non
     whole = client.chat.completions.create(model="bpo/api", messages=messages)
     chunks = list(client.chat.completions.create(model="bpo/api", messages=messages, stream=True,
                                                  stream_options={"include_usage": True}))
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == whole.choices[0].message.content
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == whole.choices[0].message.content
+    # Relayed as the upstream API streams it (the scripted server: word by word).
+    assert len(pieces) == len(whole.choices[0].message.content.split()) > 1
     assert chunks[0].model_extra["bpo"]["optimized_prompt"] == OWLS + REWRITE
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
@@ -140,9 +142,49 @@ def test_streaming_gives_the_same_answer_in_chunks(client: openai.OpenAI) -> Non
 
 def test_local_target_answers_both_ways(client: openai.OpenAI) -> None:
     for model in ("tiny", "bpo/tiny"):
-        done = client.chat.completions.create(model=model, messages=[{"role": "user", "content": OWLS}],
-                                              temperature=0, max_tokens=6)
+        ask = {"model": model, "messages": [{"role": "user", "content": OWLS}], "temperature": 0, "max_tokens": 6}
+        done = client.chat.completions.create(**ask)
         assert done.choices[0].message.content and 0 < done.usage.completion_tokens <= 6
+        chunks = list(client.chat.completions.create(**ask, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == done.choices[0].message.content
+        assert ("bpo" in chunks[0].model_extra) == model.startswith("bpo/")
+
+
+def test_overload_is_503_with_retry_after(base_url: str) -> None:
+    """A target whose replica takes one request and queues at most one more: the rest are turned away
+    at once with 503 and Retry-After, streamed or not, and every one that was taken is answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    with ScriptedOpenAIServer(reply_fn=answer, latency_s=1.5) as slow:
+        api = {"provider": "openai", "model": "scripted", "base_url": slow.base_url}
+        cfg = ServeConfig.model_validate({
+            "optimizer": api, "port": port, "route_prefix": "/busy",
+            "targets": [{**api, "name": "slow", "deployment": {"max_ongoing_requests": 1, "max_queued_requests": 1}}],
+        })
+        url = start_graph(cfg, name="busy-graph")
+
+        def ask(i: int) -> tuple[int, str | None, float]:
+            body = {"model": "slow", "messages": [{"role": "user", "content": f"q{i}"}], "stream": i % 2 == 1}
+            request = urllib.request.Request(f"{url}/chat/completions", data=json.dumps(body).encode(),
+                                             headers={"content-type": "application/json"})
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(request, timeout=60) as resp:
+                    text = resp.read().decode()
+                    assert f"q{i}" in text
+                    return resp.status, None, time.monotonic() - started
+            except urllib.error.HTTPError as exc:
+                assert json.loads(exc.read())["error"]["code"] == "overloaded"
+                return exc.code, exc.headers.get("Retry-After"), time.monotonic() - started
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(ask, range(8)))
+        serve.delete("busy-graph")
+    statuses = sorted(status for status, _, _ in outcomes)
+    assert 1 <= statuses.count(200) < 8 and set(statuses) == {200, 503}, outcomes
+    assert all(retry == "1" and took < 1.0 for status, retry, took in outcomes if status == 503)  # at once
+    assert slow.stats.requests == statuses.count(200)
 
 
 def test_optimize_route(base_url: str) -> None:
@@ -269,6 +311,53 @@ def test_live_evaluation_of_the_served_graph(base_url: str, servers, tmp_path: P
     overall = summary["overall"]
     assert (overall["n"], overall["win"], overall["tie"], overall["lose"]) == (7, 6, 1, 0)
     assert again["rows_skipped"] == 14 and again["overall"] == overall
+
+
+def test_live_evaluation_of_the_embedded_graph_end_to_end(base_url: str, tmp_path: Path) -> None:
+    """`bpo-ray serve`'s default graph (the embedded model as optimizer and as target) evaluated
+    live: each prompt answered as `embedded` and `bpo/embedded`, the answer pairs judged."""
+    from bpo_ray.data.ledger import read_table
+    from bpo_ray.evaluate.config import EvaluateConfig
+    from bpo_ray.evaluate.job import run_evaluate
+
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    # Half a CPU each: the module's other graphs hold some of the session's 4, and the
+    # evaluation's own actors need the rest.
+    cfg = ServeConfig.model_validate({"port": port, "route_prefix": "/embedded", "mode": "greedy",
+                                      "optimizer": {"model": "embedded", "sampling": {"max_tokens": 48}},
+                                      "optimizer_deployment": {"num_cpus": 0.5},
+                                      "targets": [{"model": "embedded", "deployment": {"num_cpus": 0.5}}]})
+    url = start_graph(cfg, name="embedded-graph")
+    questions = ["How do I boil an egg?", "Write a haiku about rain.", "What is a prime number?"]
+    testset = tmp_path / "testset.jsonl"
+    testset.write_text("".join(json.dumps({"id": f"q{i}", "prompt": q}) + "\n" for i, q in enumerate(questions)))
+
+    def longer(body: dict) -> str:
+        user = body["messages"][-1]["content"]
+        a = user.split("[Answer A]\n", 1)[1].split("\n[End of answer A]", 1)[0]
+        b = user.split("[Answer B]\n", 1)[1].split("\n[End of answer B]", 1)[0]
+        return "[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"
+
+    with ScriptedOpenAIServer(reply_fn=longer) as judge:
+        summary = run_evaluate(EvaluateConfig(
+            input=[str(testset)], output=str(tmp_path / "live"),
+            endpoint={"base_url": url, "model": "embedded", "sampling": {"temperature": 0, "max_tokens": 32}},
+            judge={"provider": "openai", "model": "scripted", "base_url": judge.base_url}))
+    served = {q: _post(f"{url}/optimize", {"prompt": q})[1] for q in questions}
+    serve.delete("embedded-graph")
+
+    answers = {r["id"]: r for r in read_table(str(tmp_path / "live" / "answers"), "responses", "parquet").to_pylist()}
+    assert sorted(answers) == ["q0", "q1", "q2"]
+    for i, q in enumerate(questions):
+        row = answers[f"q{i}"]
+        # The optimized prompt recorded is the one the graph serves (greedy: the same again).
+        assert row["optimized_prompt"] == served[q]["optimized_prompt"] and row["unchanged"] == served[q]["unchanged"]
+        assert row["optimize_model"] == "embedded" and row["original_response"] and row["optimized_response"]
+    assert summary["live_answers"]["rows_out"] == 3 and summary["live_answers"]["requests"] == 6  # no retry
+    overall = summary["overall"]
+    assert overall["n"] == 3 and overall["win"] + overall["tie"] + overall["lose"] == 3
+    judged = read_table(str(tmp_path / "live"), "judgments", "parquet").to_pylist()
+    assert {r["optimizer"] for r in judged} == {"embedded"} and {r["target"] for r in judged} == {"embedded"}
 
 
 def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(base_url: str) -> None:

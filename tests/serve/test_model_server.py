@@ -134,6 +134,63 @@ def test_n_choices_and_usage(client: openai.OpenAI, model_id: str) -> None:
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
 
 
+def _streamed(client: openai.OpenAI, model_id: str, **kwargs: Any) -> tuple[dict[int, list[str]], list[Any]]:
+    """Each choice's content pieces, and every chunk."""
+    kwargs.setdefault("messages", USER)
+    chunks = list(client.chat.completions.create(model=model_id, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}, **kwargs))
+    pieces: dict[int, list[str]] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            if choice.delta.content:
+                pieces.setdefault(choice.index, []).append(choice.delta.content)
+    return pieces, chunks
+
+
+def test_streaming_sends_the_answer_token_by_token(client: openai.OpenAI, model_id: str) -> None:
+    whole = _greedy(client, model_id, max_tokens=24)
+    pieces, chunks = _streamed(client, model_id, max_tokens=24)
+    assert "".join(pieces[0]) == whole.choices[0].message.content
+    # Sent as it was written (the tiny model writes mostly broken UTF-8, held back until it is
+    # whole; tests/models/test_local.py streams real text token by token).
+    assert len(pieces[0]) > 1, pieces
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_streaming_never_sends_text_a_stop_string_cuts(client: openai.OpenAI, model_id: str) -> None:
+    free = _greedy(client, model_id, max_tokens=24).choices[0].message.content
+    stop = free[len(free) // 2 : len(free) // 2 + 3]  # three characters from the middle of the answer
+    whole = _greedy(client, model_id, max_tokens=24, stop=[stop])
+    pieces, _ = _streamed(client, model_id, max_tokens=24, stop=[stop])
+    assert stop not in "".join(pieces[0])
+    assert "".join(pieces[0]) == whole.choices[0].message.content == free[: free.index(stop)]
+
+
+def test_streaming_n_choices_each_get_their_text(client: openai.OpenAI, model_id: str) -> None:
+    whole = _greedy(client, model_id, max_tokens=10)
+    pieces, chunks = _streamed(client, model_id, max_tokens=10, n=2)
+    assert sorted(pieces) == [0, 1]
+    assert "".join(pieces[0]) == "".join(pieces[1]) == whole.choices[0].message.content
+    assert sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason) == [0, 1]
+
+
+def test_streamed_and_whole_requests_share_batches(base_url: str, client: openai.OpenAI, model_id: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = _greedy(client, model_id, max_tokens=12).choices[0].message.content
+    _, before = _raw(base_url.removesuffix("/v1") + "/health")
+    with ThreadPoolExecutor(8) as pool:
+        streamed = [pool.submit(_streamed, client, model_id, max_tokens=12) for _ in range(4)]
+        whole = [pool.submit(_greedy, client, model_id, max_tokens=12) for _ in range(4)]
+        texts = ["".join(f.result()[0][0]) for f in streamed] + [f.result().choices[0].message.content for f in whole]
+    _, after = _raw(base_url.removesuffix("/v1") + "/health")
+    assert texts == [expected] * 8
+    assert after["batched_requests"] - before["batched_requests"] == 8
+    assert after["batches"] - before["batches"] < 8  # some were answered together
+
+
 def test_greedy_is_deterministic(client: openai.OpenAI, model_id: str) -> None:
     first = _greedy(client, model_id).choices[0].message.content
     assert _greedy(client, model_id).choices[0].message.content == first
@@ -183,7 +240,7 @@ def test_continue_final_message_needs_an_assistant_turn(base_url: str, model_id:
 @pytest.mark.parametrize(("body", "param"), [
     ({}, "messages"),
     ({"messages": USER, "temperature": 5}, "temperature"),
-    ({"messages": USER, "stream": True}, "stream"),
+    ({"messages": USER, "stream": True, "logprobs": True}, "logprobs"),
     ({"messages": USER, "top_logprobs": 21, "logprobs": True}, "top_logprobs"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
 ])
