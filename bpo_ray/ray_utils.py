@@ -6,6 +6,8 @@ import logging
 import os
 import socket
 import time
+import uuid
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from bpo_ray.errors import BpoRayError, ConfigError
@@ -209,3 +211,78 @@ def user_error_in(exc: BaseException) -> BpoRayError | None:
             return current
         stack += [getattr(current, "cause", None), current.__cause__, current.__context__]
     return None
+
+
+# How long the other nodes get to run their look at a shared path: a node's first task starts
+# a worker process (seconds; longer where a job's working dir must be downloaded first).
+SHARED_CHECK_TIMEOUT_S = 120.0
+SHARED_CHECK_PREFIX = ".bpo-ray-shared-check-"
+
+
+def check_shared_path(path: str, setting: str) -> None:
+    """Fail with a ConfigError naming `setting` when processes on other nodes of the cluster
+    would write to `path` but cannot see what the driver sees there: a node-local folder on a
+    multi-node cluster (checkpoints scattered over the workers' disks, found by no one).
+
+    The driver writes a marker file at `path`, and a CPU-free task pinned to each other alive
+    node looks for it. A URI (s3://, gs://, ...) is shared by nature and is not checked;
+    file:// is a local path and is. A single-node cluster needs no check. Call it on Ray.
+
+    Stage jobs need no such check: the driver alone writes their tables (runner.py's
+    TableWriters; in a streamed pipeline the StageLedger actors are pinned to the driver's
+    node), so a local output folder is simply the driver's.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if "://" in path:
+        if not path.startswith("file://"):
+            return
+        path = path.removeprefix("file://")
+    here = ray.get_runtime_context().get_node_id()
+    others = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] != here]
+    if not others:
+        return
+    token = uuid.uuid4().hex
+    marker = Path(path).expanduser() / f"{SHARED_CHECK_PREFIX}{token}"
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token)
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot write to {path} ({exc.strerror or exc})") from None
+    try:
+        probe = ray.remote(num_cpus=0, max_retries=0)(path_seen_here)
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(marker), token) for n in others]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=SHARED_CHECK_TIMEOUT_S)
+        seen = [_answer(ref) if ref in ready else None for ref in refs]
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [n for n, ok in zip(others, seen) if ok is False]
+    if blind:
+        nodes = ", ".join(f"{n['NodeManagerAddress']} (node {n['NodeID'][:12]})" for n in blind)
+        raise ConfigError(
+            f"{setting}: {path} is not shared by the cluster's nodes: a file the driver wrote there is "
+            f"missing on {nodes}. Workers on other nodes write there; use an s3:// or gs:// URI, or a "
+            "shared filesystem (NFS and the like) mounted at the same path on every node.")
+    if None in seen:  # a busy, starting or departing node: no answer is not a no
+        log.warning("%s: %d node(s) did not say within %.0f s whether they see %s; not checked.",
+                    setting, seen.count(None), SHARED_CHECK_TIMEOUT_S, path)
+
+
+def _answer(ref) -> bool | None:
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError:  # the node went away meanwhile: nothing to say about it
+        return None
+
+
+def path_seen_here(marker: str, token: str) -> bool:
+    """Whether this node sees `marker` with `token` in it (the task `check_shared_path` pins
+    to each node)."""
+    try:
+        return Path(marker).read_text() == token
+    except OSError:
+        return False

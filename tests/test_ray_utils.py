@@ -178,3 +178,26 @@ def test_ensure_ray_fails_fast_on_a_dead_explicit_address(dead, ray_tmpdir):
     assert f"CONFIG The Ray cluster at {dead} from --ray-address" in proc.stdout
     assert took < 20  # importing ray included; the probe itself takes under 3 s
     assert not (ray_tmpdir / "ray").exists()  # no Ray was started or joined
+
+
+# --- check_shared_path: the multi-node cases run in tests/cluster/test_multinode.py ---
+
+
+def test_shared_path_check_leaves_uris_alone(tmp_path, monkeypatch):
+    """A bucket URI is shared by nature: no Ray call, no marker (no Ray runs in this test)."""
+    import ray
+
+    from bpo_ray.ray_utils import check_shared_path
+
+    monkeypatch.setattr(ray, "nodes", lambda: pytest.fail("a URI must not be checked"))
+    check_shared_path("s3://bucket/runs", "storage_path")
+    check_shared_path("gs://bucket/runs", "storage_path")
+
+
+def test_shared_path_check_on_one_node_writes_nothing(tmp_path, ray_local):
+    from bpo_ray.ray_utils import check_shared_path
+
+    target = tmp_path / "runs"
+    check_shared_path(str(target), "storage_path")
+    check_shared_path(f"file://{target}", "storage_path")
+    assert not target.exists()  # one node sees its own disk: nothing to find out

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from bpo_ray.data.ledger import write_summary
@@ -113,14 +112,20 @@ def _run(stage: str, cfg: Any, done: dict[str, Any], streamed: dict[str, Any] | 
 
 
 def _finished_training(output: str) -> dict[str, Any] | None:
-    path = Path(output) / "summary.json"
-    if "://" in output or not path.is_file():
-        return None
+    """The summary of a finished model in `output` (a path or a URI), or None."""
+    import pyarrow.fs as pafs
+
+    from bpo_ray.data.ledger import filesystem_and_path
+
+    fs, base = filesystem_and_path(output)
+    base = base.rstrip("/")
     try:
-        summary = json.loads(path.read_text())
-    except ValueError:
+        with fs.open_input_stream(f"{base}/summary.json") as stream:
+            summary = json.loads(stream.read())
+        has_model = fs.get_file_info(f"{base}/config.json").type == pafs.FileType.File
+    except (OSError, ValueError):  # no summary yet, or a half-written one
         return None
-    return summary if summary.get("finished") and (Path(output) / "config.json").is_file() else None
+    return summary if summary.get("finished") and has_model else None
 
 
 def _one_line(stage: str, s: dict[str, Any]) -> str:

@@ -37,11 +37,14 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     input: Paths = Field(..., min_length=1, description="Pairs: a construct output folder (DIR/pairs), or JSON, JSONL, Parquet files or folders.")
-    output: str = Field(..., description="Folder for the trained model (HF format), its template, README.md and summary.json.")
+    output: str = Field(..., description="Folder for the trained model (HF format), its template, README.md and summary.json: a path or a URI (s3://, gs://, file://).")
     base_model: str = Field(EMBEDDED_MODEL, description="Model to fine-tune: HF id, local folder, or 'embedded'.")
     num_workers: int = Field(2, ge=1, description="Training workers (one GPU each when GPUs are used).")
     use_gpu: Literal["auto", True, False] = Field("auto", description="Train on GPUs: auto uses them when the cluster has any.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs each training worker reserves.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How Ray places the workers: PACK fills a node first (fewest nodes, fastest "
+        "collectives), SPREAD one per node where it can; the STRICT_ forms fail rather than bend.")
     release_freed_memory: Literal["auto", True, False] = Field(
         "auto", description="CPU workers: return freed tensors to the OS at once (glibc mmap threshold 128 KiB), so "
         "memory follows what training holds; costs 10-25% step time. auto: on for ZeRO-3 on CPU, off otherwise.")

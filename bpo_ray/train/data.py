@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-
 from bpo_ray.data.files import input_files, read_rows  # noqa: F401 (input_files re-exported)
 from bpo_ray.data.ledger import filesystem_and_path
 from bpo_ray.data.rows import STATUS_OK, STATUS_REJECTED, count_reasons

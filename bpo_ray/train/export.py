@@ -8,12 +8,14 @@ and the local backend as they are; `bpo_template.json` says how to lay out a pro
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 
+from bpo_ray.data.ledger import filesystem_and_path
 from bpo_ray.optimizer_template import OptimizerTemplate
 
 MODEL_SUBDIR = "hf_model"
@@ -48,20 +50,24 @@ def save_hf_model(state_dict: dict[str, torch.Tensor], base_model_path: str, fol
     return folder
 
 
-def finish_output(model_dir: str | Path, output: str | Path, *, template: OptimizerTemplate,
-                  train_config: dict[str, Any], metrics: dict[str, Any]) -> Path:
-    """Copy the exported model into `output` and add the template, config and card."""
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    for item in Path(model_dir).iterdir():
-        target = output / item.name
-        if item.is_dir():
-            shutil.copytree(item, target, dirs_exist_ok=True)
-        else:
-            shutil.copy2(item, target)
-    template.save(output)
-    (output / TRAIN_CONFIG_FILE).write_text(json.dumps(train_config, indent=2, default=str) + "\n")
-    (output / "README.md").write_text(model_card(template=template, train_config=train_config, metrics=metrics))
+def finish_output(model_dir: str | Path, output: str, *, template: OptimizerTemplate,
+                  train_config: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Copy the exported model into `output` and add the template, config and card.
+
+    `output` is a local or shared folder or any URI pyarrow opens (s3://, gs://, file://): the
+    small files are written to a local temp folder, and pyarrow copies both folders to the
+    destination's filesystem, so a URI never becomes a local folder named 's3:'.
+    """
+    fs, base = filesystem_and_path(output)
+    local = pafs.LocalFileSystem()
+    with tempfile.TemporaryDirectory(prefix="bpo-export-") as extras:
+        template.save(extras)
+        (Path(extras) / TRAIN_CONFIG_FILE).write_text(json.dumps(train_config, indent=2, default=str) + "\n")
+        (Path(extras) / "README.md").write_text(model_card(template=template, train_config=train_config,
+                                                           metrics=metrics))
+        fs.create_dir(base, recursive=True)
+        for folder in (str(model_dir), extras):
+            pafs.copy_files(folder, base, source_filesystem=local, destination_filesystem=fs)
     return output
 
 

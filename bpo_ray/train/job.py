@@ -18,7 +18,7 @@ from bpo_ray.data.ledger import write_summary
 from bpo_ray.data.rows import count_reasons
 from bpo_ray.errors import BpoRayError, ConfigError
 from bpo_ray.models.spec import EMBEDDED_MODEL
-from bpo_ray.ray_utils import run_on_ray
+from bpo_ray.ray_utils import check_shared_path, run_on_ray
 from bpo_ray.train.config import TrainConfig
 from bpo_ray.train.data import check_rows, read_pairs, reason_counts, tokenize_and_split, write_rejected
 from bpo_ray.train.deepspeed_config import build_deepspeed_config, resolve_precision
@@ -48,6 +48,10 @@ def _run(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
     from bpo_ray.train.tokenize import load_tokenizer, pad_id_of
 
     on_gpu = _use_gpu(cfg, ray.cluster_resources())
+    # Workers on every node write checkpoints there and the driver reads them back: a folder
+    # only one node sees fails here, not after the first epoch. `output` is the driver's
+    # alone (it copies the model out of the last checkpoint), so any path of its own will do.
+    check_shared_path(cfg.resolved_storage_path(), "storage_path")
 
     # Data: read, account for every row, tokenize, split. All before a worker starts.
     rows = read_pairs(cfg.input, cfg.fields, limit=cfg.limit).materialize()
@@ -88,7 +92,8 @@ def _run(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
         train_loop_per_worker,
         train_loop_config=loop.to_dict(),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=on_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if on_gpu else {})}),
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if on_gpu else {})},
+                                     placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(
             name=run_name, storage_path=cfg.resolved_storage_path(),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
@@ -119,6 +124,8 @@ def _run(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
         "precision": resolve_precision(ds.precision, on_gpu=on_gpu),
         "zero_stage": ds.zero_stage,
         "num_workers": cfg.num_workers,
+        "placement_strategy": cfg.placement_strategy,
+        "worker_nodes": metrics.get("worker_nodes"),
         "rows_in": splits.rows_in,
         "rows_train": splits.train_rows,
         "rows_val": splits.val_rows,

@@ -21,6 +21,7 @@ import torch
 from bpo_ray.train.memory import peak_memory_mb, release_freed_memory
 from bpo_ray.train.tokenize import collate
 
+
 @dataclass
 class LoopConfig:
     """What the driver decided, handed to every worker as plain values."""
@@ -72,7 +73,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stopped = False
     last_val: float | None = None
     last_log: dict[str, Any] = {}
-    report_base = {"start_step": start_step, "rank": rank}
+    # Where each rank runs (the node ids, by rank), in every report: the driver tells the user
+    # how the placement strategy laid the workers out.
+    report_base = {"start_step": start_step, "rank": rank, "worker_nodes": node_ids_by_rank(engine.device, world)}
 
     def checkpoint_now(metrics: dict[str, Any], position: tuple[int, int], extra_dir: str | None = None) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -135,6 +138,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         save_hf_model(state_dict, cfg.model_path, export_dir)
     final = {**last_log, "step": engine.global_step, "epoch": epoch - 1, "val_loss": last_val, "finished": True}
     checkpoint_now(final, (epoch, 0), extra_dir=export_dir)
+
+
+def node_ids_by_rank(device: Any, world: int) -> list[str]:
+    """Every rank's Ray node id, gathered over the process group (a fixed-size tensor: node
+    ids are hex of one length, and NCCL gathers device tensors only)."""
+    import ray
+    import torch.distributed as dist
+
+    mine = ray.get_runtime_context().get_node_id()
+    if not (dist.is_initialized() and world > 1):
+        return [mine]
+    raw = torch.tensor(list(bytes.fromhex(mine)), dtype=torch.int64, device=device)
+    parts = [torch.empty_like(raw) for _ in range(world)]
+    dist.all_gather(parts, raw)
+    return [bytes(part.tolist()).hex() for part in parts]
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ with an optimizer behind a scripted HTTP server, a tiny local target and an API 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -96,6 +97,21 @@ def _post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[i
         return exc.code, json.loads(exc.read())
 
 
+@contextlib.contextmanager
+def slow_api_graph(base_url: str, name: str, deployment: dict, latency_s: float) -> Iterator[tuple[str, ScriptedOpenAIServer]]:
+    """A graph beside the module's (same Serve, under /NAME) whose one target, `slow`, proxies an
+    API answering after `latency_s`: (its base URL, that API's server)."""
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    with ScriptedOpenAIServer(reply_fn=answer, latency_s=latency_s) as slow:
+        api = {"provider": "openai", "model": "scripted", "base_url": slow.base_url}
+        cfg = ServeConfig.model_validate({"optimizer": api, "port": port, "route_prefix": f"/{name}",
+                                          "targets": [{**api, "name": "slow", "deployment": deployment}]})
+        try:
+            yield start_graph(cfg, name=name), slow
+        finally:
+            serve.delete(name)
+
+
 def test_every_target_is_listed_plain_and_optimized(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == ["tiny", "bpo/tiny", "api", "bpo/api"]
 
@@ -155,14 +171,7 @@ def test_overload_is_503_with_retry_after(base_url: str) -> None:
     at once with 503 and Retry-After, streamed or not, and every one that was taken is answered."""
     from concurrent.futures import ThreadPoolExecutor
 
-    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
-    with ScriptedOpenAIServer(reply_fn=answer, latency_s=1.5) as slow:
-        api = {"provider": "openai", "model": "scripted", "base_url": slow.base_url}
-        cfg = ServeConfig.model_validate({
-            "optimizer": api, "port": port, "route_prefix": "/busy",
-            "targets": [{**api, "name": "slow", "deployment": {"max_ongoing_requests": 1, "max_queued_requests": 1}}],
-        })
-        url = start_graph(cfg, name="busy-graph")
+    with slow_api_graph(base_url, "busy", {"max_ongoing_requests": 1, "max_queued_requests": 1}, 1.5) as (url, slow):
 
         def ask(i: int) -> tuple[int, str | None, float]:
             body = {"model": "slow", "messages": [{"role": "user", "content": f"q{i}"}], "stream": i % 2 == 1}
@@ -180,7 +189,6 @@ def test_overload_is_503_with_retry_after(base_url: str) -> None:
 
         with ThreadPoolExecutor(8) as pool:
             outcomes = list(pool.map(ask, range(8)))
-        serve.delete("busy-graph")
     statuses = sorted(status for status, _, _ in outcomes)
     assert 1 <= statuses.count(200) < 8 and set(statuses) == {200, 503}, outcomes
     assert all(retry == "1" and took < 1.0 for status, retry, took in outcomes if status == 503)  # at once
@@ -241,19 +249,12 @@ def test_sustained_load_scales_a_target_up_and_back_down(base_url: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def replicas() -> int:
-        deployment = serve.status().applications["scaling-graph"].deployments["Target-slow"]
+        deployment = serve.status().applications["scaling"].deployments["Target-slow"]
         return deployment.replica_states.get("RUNNING", 0)
 
-    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
-    with ScriptedOpenAIServer(reply_fn=answer, latency_s=0.5) as slow:
-        api = {"provider": "openai", "model": "scripted", "base_url": slow.base_url}
-        cfg = ServeConfig.model_validate({
-            "optimizer": api, "port": port, "route_prefix": "/scaling",
-            "targets": [{**api, "name": "slow", "deployment": {
-                "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
-                "downscale_delay_s": 2, "look_back_period_s": 2}}],
-        })
-        url = start_graph(cfg, name="scaling-graph")
+    scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5,
+               "downscale_delay_s": 2, "look_back_period_s": 2}
+    with slow_api_graph(base_url, "scaling", scaling, 0.5) as (url, _):
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
         assert replicas() == 1
         seen, answered = [1], []
@@ -275,7 +276,6 @@ def test_sustained_load_scales_a_target_up_and_back_down(base_url: str) -> None:
         while time.monotonic() < deadline + 60 and replicas() > 1:
             time.sleep(1)
         assert replicas() == 1  # back down once the load is gone
-        serve.delete("scaling-graph")
 
 
 def test_live_evaluation_of_the_served_graph(base_url: str, servers, tmp_path: Path) -> None:
@@ -366,14 +366,7 @@ def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(base_url: s
 
     import ray
 
-    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
-    with ScriptedOpenAIServer(reply_fn=answer, latency_s=0.3) as slow:
-        api = {"provider": "openai", "model": "scripted", "base_url": slow.base_url}
-        cfg = ServeConfig.model_validate({
-            "optimizer": api, "port": port, "route_prefix": "/killing",
-            "targets": [{**api, "name": "slow", "deployment": {"min_replicas": 2, "max_replicas": 2}}],
-        })
-        url = start_graph(cfg, name="kill-graph")
+    with slow_api_graph(base_url, "killing", {"min_replicas": 2, "max_replicas": 2}, 0.3) as (url, slow):
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=30)
         outcomes: list[str] = []
         stop = threading.Event()
@@ -394,12 +387,12 @@ def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(base_url: s
             worker.start()
         time.sleep(3)
         replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
-                       if "kill-graph" in a["name"] and "Target-slow" in a["name"])
+                       if "killing" in a["name"] and "Target-slow" in a["name"])
         ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
         before = len(outcomes)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            deployment = serve.status().applications["kill-graph"].deployments["Target-slow"]
+            deployment = serve.status().applications["killing"].deployments["Target-slow"]
             if deployment.replica_states.get("RUNNING", 0) == 2 and len(outcomes) > before + 20:
                 break
             time.sleep(0.5)
@@ -408,7 +401,6 @@ def test_a_replica_killed_under_load_is_replaced_and_no_client_hangs(base_url: s
             worker.join(timeout=40)
             assert not worker.is_alive(), "a client hung"
         sent = collections.Counter(body["messages"][-1]["content"] for body in slow.stats.bodies)
-        serve.delete("kill-graph")
     assert deployment.replica_states.get("RUNNING", 0) == 2  # replaced
     assert "wrong" not in outcomes and outcomes[before:].count("ok") > 20  # served on after the kill
     assert max(sent.values()) == 1  # no request answered twice
