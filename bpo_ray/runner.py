@@ -36,7 +36,7 @@ from bpo_ray.models.resources import actor_resources, cluster_gpus
 from bpo_ray.models.spec import ModelSpec
 from bpo_ray.models.stage import USAGE_TOTALS, ModelStage
 from bpo_ray.ray_utils import run_on_ray
-from bpo_ray.terminal import RowProgress, job_log_file
+from bpo_ray.terminal import RowProgress, console, job_log_file
 
 REJECTED_TABLE = "rejected"
 
@@ -200,6 +200,8 @@ def _run(plan: StagePlan, api_keys: list[str | None]) -> dict[str, Any]:
     with TableWriter(cfg.output, good_table.name, schema=good_table.schema(schema), **writers) as good_out, \
             TableWriter(cfg.output, rejected_table.name, schema=rejected_table.schema(schema), **writers) as bad_out:
         if todo.count():
+            if (short := resources_short(plan)) is not None:
+                console.print(f"[yellow]{short}[/yellow]")
             with RowProgress("-".join(plan.stage_names), todo.count()) as progress:
                 for block in _pipeline(plan, todo, api_keys).iter_batches(batch_format="pyarrow", batch_size=None):
                     ok = pc.equal(block.column("status"), STATUS_OK)
@@ -365,6 +367,31 @@ class Tally:
 
 def _sum(column) -> int:
     return pc.sum(pc.cast(column, pa.int64())).as_py() or 0
+
+
+def resources_short(plan: StagePlan) -> str | None:
+    """What the cluster lacks right now for one actor of each of the plan's pools, said so a
+    person knows why the job waits (Ray Data itself only warns when no CPU at all is free); None
+    when they fit. Waiting is right on an autoscaling cluster, so this warns, it does not stop."""
+    import ray
+
+    cfg, gpus = plan.config, cluster_gpus()
+    need = {"CPU": 0.0, "GPU": 0.0}
+    for step in plan.steps:
+        one = actor_resources(step.spec, cluster_gpus=gpus, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
+        need["CPU"] += one["num_cpus"]
+        need["GPU"] += one["num_gpus"]
+    free, total = ray.available_resources(), ray.cluster_resources()
+    lacking = [r for r in need if need[r] > free.get(r, 0) + 1e-9]
+    if not lacking:
+        return None
+    models = ", ".join(step.spec.display_name() for step in plan.steps)
+    said = " and ".join(f"{need[r]:g} {r} ({free.get(r, 0):g} of {total.get(r, 0):g} free)" for r in lacking)
+    why = ("more than the cluster has in all: it starts when the autoscaler adds a node"
+           if any(need[r] > total.get(r, 0) for r in lacking) else
+           "other work (Serve replicas, other jobs) holds the rest: it starts when that frees up or the "
+           "autoscaler adds a node")
+    return f"waiting for resources: one actor each for {models} needs {said}; {why} (cpus_per_actor / gpus_per_actor lower the need)."
 
 
 def pool_size(spec: ModelSpec, cfg: StageJobConfig) -> int:
