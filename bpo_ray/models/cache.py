@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -69,6 +70,24 @@ def fetched_model_path(uri: str) -> Path:
     fetched once per machine and again when the files there change (names, sizes, times)."""
     import pyarrow.fs as pafs
 
+    fs, base, stamp = _remote_folder(uri)
+    name = f"{Path(base).name or 'model'}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+
+    def fetch(folder: Path) -> None:
+        pafs.copy_files(base, str(folder), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+    return build_once(cache_root() / "fetched" / name, fetch, stamp=stamp, what=f"fetching {uri}")
+
+
+def remote_folder_stamp(uri: str) -> str:
+    """What identifies the folder at `uri` (its files' names, sizes and times): changes when
+    the model there is rewritten, so resume keys follow the weights, not the address."""
+    return _remote_folder(uri)[2]
+
+
+def _remote_folder(uri: str) -> tuple[Any, str, str]:
+    import pyarrow.fs as pafs
+
     from bpo_ray.data.ledger import filesystem_and_path
 
     try:
@@ -81,10 +100,4 @@ def fetched_model_path(uri: str) -> Path:
     if not files:
         raise ModelUnavailableError(f"model.model: no model folder at {uri} (no files there)")
     listing = sorted((f.path.removeprefix(base + "/"), f.size, f.mtime_ns) for f in files)
-    stamp = hashlib.sha256(json.dumps([uri, listing]).encode()).hexdigest()
-    name = f"{Path(base).name or 'model'}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
-
-    def fetch(folder: Path) -> None:
-        pafs.copy_files(base, str(folder), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-
-    return build_once(cache_root() / "fetched" / name, fetch, stamp=stamp, what=f"fetching {uri}")
+    return fs, base, hashlib.sha256(json.dumps([uri, listing]).encode()).hexdigest()

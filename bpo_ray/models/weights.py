@@ -19,12 +19,16 @@ _SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".gguf", ".txt", ".jinja
 
 
 def weights_fingerprint(model: str) -> str:
-    """A short hash of the files behind `model` (a folder, 'embedded', or an HF id)."""
+    """A short hash of the files behind `model` (a folder, a URI, 'embedded', or an HF id)."""
     if model == EMBEDDED_MODEL:
         from bpo_ray.models.embedded import gguf_path
 
         # The converted cache folder is rebuilt at will; the wheel's file is the identity.
         return _hash_files([gguf_path()])
+    if "://" in model:  # a folder at a URI: what is there now, without fetching it
+        from bpo_ray.models.cache import remote_folder_stamp
+
+        return remote_folder_stamp(model)[:16]
     folder = _folder_of(model)
     if folder is None:
         return "unresolved"  # neither a folder nor cached: loading fails later with a clear error

@@ -125,3 +125,14 @@ def test_a_missing_model_uri_is_a_clear_error(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setenv("BPO_RAY_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ModelUnavailableError, match=r"model.model: .*model folder.*file://.*nothing"):
         resolve_model_path((tmp_path / "nothing").as_uri())
+
+
+def test_resume_keys_follow_the_weights_at_a_uri(tmp_path: Path) -> None:
+    from bpo_ray.models.weights import weights_fingerprint
+
+    output = (tmp_path / "bucket" / "optimizer").as_uri()
+    finish(exported_model(tmp_path / "ckpt"), output)
+    first = weights_fingerprint(output)
+    assert first == weights_fingerprint(output) and first != "unresolved"
+    (tmp_path / "bucket" / "optimizer" / "model.safetensors").write_bytes(b"retrained" * 10)
+    assert weights_fingerprint(output) != first
