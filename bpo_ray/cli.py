@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 
 
-PROVIDERS = ("local", "openai")  # vllm: reserved in ModelSpec, not in this build
+PROVIDERS = ("local", "openai", "vllm")
 
 
 def _model_overrides(prefix: str, *, model: str | None = None, base_url: str | None = None,
@@ -69,7 +69,9 @@ def _run_job(title: str, config_cls: Any, config: Path | None, overrides: dict[s
 
 
 def _fail(exc: BpoRayError) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")  # a message may hold [brackets]
     raise typer.Exit(2)
 
 
@@ -110,8 +112,8 @@ OUTPUT = typer.Option(None, "--output", "-o", help="Output folder; re-running in
 CONFIG = typer.Option(None, "--config", "-c", help="YAML config; flags override it.")
 BASE_URL = typer.Option(None, help="OpenAI-compatible API base URL (…/v1); selects the HTTP backend.")
 API_KEY_ENV = typer.Option(None, help="Env var holding the API key (default: OPENAI_API_KEY).")
-PROVIDER = typer.Option(None, help="local (transformers in-process) or openai (any OpenAI-compatible API; "
-                        "the default with --base-url).")
+PROVIDER = typer.Option(None, help="local (transformers in-process), vllm (a vLLM engine per actor) or openai "
+                        "(any OpenAI-compatible API; the default with --base-url).")
 CONCURRENCY = typer.Option(None, help="HTTP requests in flight per actor (default: 64, 2 actors).")
 BATCH_SIZE = typer.Option(None, help="Prompts per generate call of a local model (default: 16).")
 RATE_LIMIT = typer.Option(None, help="Requests per second over the whole job.")
@@ -280,7 +282,7 @@ def sft_rewrite(
                                          "model name behind --base-url."),
     base_url: Optional[str] = typer.Option(None, help="The target's OpenAI-compatible API base URL (…/v1)."),
     api_key_env: Optional[str] = API_KEY_ENV,
-    provider: Optional[str] = typer.Option(None, help="The target's provider: local or openai."),
+    provider: Optional[str] = typer.Option(None, help="The target's provider: local, vllm or openai."),
     concurrency: Optional[int] = CONCURRENCY,
     rate_limit: Optional[float] = RATE_LIMIT,
     max_tokens: Optional[int] = typer.Option(None, help="Most tokens per answer (default: 1024)."),
@@ -411,6 +413,8 @@ def serve_graph(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Serve YAML (optimizer, targets, deployments, auth); configs/serve-*.yaml."),
     optimizer: Optional[str] = typer.Option(None, help="The optimizer: a `bpo-ray train` folder, an HF folder or 'embedded' (default: embedded)."),
     target: Optional[list[str]] = typer.Option(None, help="A local target model (HF folder or 'embedded'); repeat for several (default: embedded)."),
+    provider: Optional[str] = typer.Option(None, help="Engine of the optimizer and the --target models: local "
+                                           "(transformers, the default) or vllm."),
     host: Optional[str] = typer.Option(None, help="Address to listen on (default 127.0.0.1; 0.0.0.0: every interface)."),
     port: Optional[int] = typer.Option(None, help="HTTP port (default 8000)."),
     verbose: bool = VERBOSE,
@@ -425,11 +429,17 @@ def serve_graph(
     from bpo_ray.serve.graph import start_graph
 
     _setup_logging(verbose)
-    overrides: dict[str, Any] = {"optimizer.model": optimizer, "host": host, "port": port}
+    if provider not in (None, "local", "vllm"):
+        raise typer.BadParameter(f"{provider!r} is not local or vllm (API targets: --config)", param_hint="--provider")
+    overrides: dict[str, Any] = {"optimizer.model": optimizer, "optimizer.provider": provider, "host": host,
+                                 "port": port}
     if target:
         overrides["targets"] = [{"model": t} for t in target]
     try:
         cfg = load_config(ServeConfig, str(config) if config else None, overrides)
+        if provider:  # the engine of every in-process target; API targets stay as they are
+            cfg = cfg.model_copy(update={"targets": [
+                t.model_copy(update={"provider": provider}) if not t.is_http else t for t in cfg.targets]})
         console.print(f"starting the graph: optimizer {cfg.optimizer.display_name()}, targets "
                       f"{', '.join(t.target_name() for t in cfg.targets)} (models load in their replicas)",
                       highlight=False)
@@ -451,6 +461,8 @@ def serve_graph(
 @app.command("serve-model")
 def serve_model(
     model: str = typer.Option("embedded", help="Local model: HF folder or 'embedded'."),
+    provider: str = typer.Option("local", help="local (transformers, requests batched per replica) or vllm "
+                                 "(a vLLM engine per replica, continuous batching)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="HTTP port."),
     batch_size: int = typer.Option(16, help="Requests batched into one generate call per replica."),
@@ -467,7 +479,9 @@ def serve_model(
 
     _setup_logging(False)
     try:
-        spec = ModelSpec(provider="local", model=model, batch_size=batch_size, device=device)
+        if provider not in ("local", "vllm"):
+            raise typer.BadParameter(f"{provider!r} is not local or vllm", param_hint="--provider")
+        spec = ModelSpec(provider=provider, model=model, batch_size=batch_size, device=device)
         ensure_ray()
         url = start_model_server(spec, host=host, port=port, num_replicas=replicas, num_gpus=gpus)
     except BpoRayError as exc:

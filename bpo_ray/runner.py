@@ -324,6 +324,7 @@ def start_pool(plan: StagePlan, step: StageStep, rows, api_key: str | None, bloc
 # Ray Data costs ~20 ms of CPU per block (actor and driver, measured with 8-row blocks), which
 # at 8 rows a block and 200 requests/s would take a quarter of a 2-core machine.
 HTTP_BLOCK_S = 0.25
+ENGINE_BLOCKS_IN_FLIGHT = 4
 HTTP_MIN_BLOCK_ROWS = 8
 
 
@@ -410,6 +411,10 @@ def _pool(spec: ModelSpec, cfg: StageJobConfig, *, blocks: int):
         # no throughput.
         calls = math.ceil(spec.concurrency / _block_rows(spec)) + 2
         return ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls)
+    if spec.continuous_batching:
+        # The engine schedules sequences itself: a few blocks at once keep it full while one
+        # block's longest replies finish (Ray's own vLLM stage does the same).
+        return ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=ENGINE_BLOCKS_IN_FLIGHT)
     # A model computes one block at a time; a second block queued on a busy actor would wait
     # there while another actor sits idle.
     return ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1)

@@ -1,5 +1,6 @@
 """The `bpo-ray` command line as a user meets it (a real subprocess)."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,16 @@ def test_optimize_and_generate_help_show_their_flags():
 
 
 def test_unknown_provider_is_refused_naming_the_choices(tmp_path):
-    out = run("optimize", "--input", "x.json", "--output", str(tmp_path), "--provider", "vllm")
-    assert out.returncode == 2 and "local, openai" in out.stderr and "Traceback" not in out.stderr
+    out = run("optimize", "--input", "x.json", "--output", str(tmp_path), "--provider", "sglang")
+    assert out.returncode == 2 and "local, openai, vllm" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_provider_without_vllm_says_how_to_install_it(tmp_path):
+    data = Path(__file__).resolve().parent / "fixtures" / "feedback_no_ctx.json"
+    out = run("optimize", "--input", str(data), "--output", str(tmp_path), "--provider", "vllm")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "needs vLLM" in out.stderr and "bpo-ray[vllm]" in out.stderr
 
 
 def test_bad_setting_is_one_clear_line(tmp_path):

@@ -25,7 +25,11 @@ def build_backend(spec: ModelSpec, *, rate_limiter: Any = None, api_key: str | N
         from bpo_ray.models.local import TransformersBackend
 
         return TransformersBackend(spec)
-    raise ModelUnavailableError(f"model.provider: {spec.provider!r} is not available in this build yet")
+    if spec.provider == "vllm":
+        from bpo_ray.models.vllm_backend import VLLMBackend
+
+        return VLLMBackend(spec)
+    raise ModelUnavailableError(f"model.provider: {spec.provider!r} is not available in this build")
 
 
 def check_model(spec: ModelSpec, *, api_key: str | None = None) -> None:
@@ -44,10 +48,14 @@ def check_model(spec: ModelSpec, *, api_key: str | None = None) -> None:
                 await backend.aclose()
 
         asyncio.run(probe())
-    elif spec.provider == "local":
+    elif spec.provider in ("local", "vllm"):
         from bpo_ray.models.embedded import resolve_model_path
         from bpo_ray.models.local import check_loadable
 
+        if spec.provider == "vllm":  # installed where the driver runs, as on every node of a cluster
+            from bpo_ray.models.vllm_backend import import_vllm
+
+            import_vllm()
         check_loadable(resolve_model_path(spec.model))
     else:
         build_backend(spec)  # raises for a provider this build lacks

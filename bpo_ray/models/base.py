@@ -74,6 +74,9 @@ class ChatBackend(abc.ABC):
     """A model behind `chat_batch`. One instance per actor; not shared across threads."""
 
     model_name: str
+    continuous_batching = False
+    """True for a backend that schedules requests itself (vLLM): callers send each request as it
+    comes instead of gathering batches (a Serve replica skips `serve.batch`)."""
 
     @abc.abstractmethod
     async def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:

@@ -54,6 +54,27 @@ def render_prompt(tokenizer: Any, messages: list[Message], prefill: str | None =
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def encode_request(tokenizer: Any, request: ChatRequest) -> list[int]:
+    """The prompt's token ids, as every in-process backend feeds them to its model. A raw
+    prompt is encoded exactly as training encoded it (OptimizerTemplate.encode); a chat template
+    writes its own specials, so none are added."""
+    if request.prompt is not None:
+        return tokenizer(request.prompt, add_special_tokens=request.add_special_tokens)["input_ids"]
+    prompt = render_prompt(tokenizer, request.messages, request.prefill)
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def refuse_prompt(ids: list[int], max_positions: int | None) -> ChatResult | None:
+    """The failed result for a prompt the model cannot continue, else None."""
+    if not ids:  # generation needs at least one token to continue
+        return ChatResult(error="empty prompt: no tokens to continue")
+    # Dropping the start of a chat would silently change the task: refuse instead.
+    if max_positions is not None and len(ids) >= max_positions:
+        return ChatResult(error=f"prompt too long: {len(ids)} tokens > limit {max_positions - 1}",
+                          prompt_tokens=len(ids))
+    return None
+
+
 @dataclass
 class _Job:
     """One valid request on its way through generate."""
@@ -77,7 +98,7 @@ class TransformersBackend(ChatBackend):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_positions = _max_positions(self.model, self.tokenizer)
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.eos_ids = _eos_ids(self.model.generation_config.eos_token_id, self.tokenizer)
         # generate fills unset options from the model's generation_config (e.g. a checkpoint's
         # repetition_penalty); keep only its token ids so the spec alone decides sampling.
         self.model.generation_config = GenerationConfig(
@@ -125,24 +146,9 @@ class TransformersBackend(ChatBackend):
 
     def _prepare(self, index: int, request: ChatRequest) -> _Job | ChatResult:
         sampling = Sampling.model_validate({**self.spec.sampling.model_dump(), **request.sampling})
-        ids = self._encode(request)
-        if not ids:  # generate needs at least one token to continue
-            return ChatResult(error="empty prompt: no tokens to continue")
-        # Dropping the start of a chat would silently change the task: refuse instead.
-        if self.max_positions is not None and len(ids) >= self.max_positions:
-            return ChatResult(
-                error=f"prompt too long: {len(ids)} tokens > limit {self.max_positions - 1}",
-                prompt_tokens=len(ids),
-            )
-        return _Job(index, request, sampling, ids)
-
-    def _encode(self, request: ChatRequest) -> list[int]:
-        """The prompt's token ids. A raw prompt is encoded exactly as training encoded it
-        (OptimizerTemplate.encode); a chat template writes its own specials, so none are added."""
-        if request.prompt is not None:
-            return self.tokenizer(request.prompt, add_special_tokens=request.add_special_tokens)["input_ids"]
-        prompt = render_prompt(self.tokenizer, request.messages, request.prefill)
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = encode_request(self.tokenizer, request)
+        refused = refuse_prompt(ids, self.max_positions)
+        return refused if refused is not None else _Job(index, request, sampling, ids)
 
     def _generate(self, jobs: list[_Job]) -> list[ChatResult]:
         s = jobs[0].sampling
@@ -368,8 +374,17 @@ def _max_positions(model: Any, tokenizer: Any) -> int | None:
     return limit
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    eos = model.generation_config.eos_token_id
+def checkpoint_eos_ids(source: str, tokenizer: Any) -> set[int]:
+    """The end-of-sequence ids the transformers backend stops on, read without loading weights
+    (generate reads them from the generation config, else the model config)."""
+    try:
+        config = GenerationConfig.from_pretrained(source)
+    except OSError:
+        config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(source))
+    return _eos_ids(config.eos_token_id, tokenizer)
+
+
+def _eos_ids(eos: int | list[int] | None, tokenizer: Any) -> set[int]:
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)

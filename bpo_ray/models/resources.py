@@ -2,8 +2,9 @@
 
 HTTP actors mostly wait on the network: a fraction of a CPU, so they never queue behind model
 actors on a small node. A local model computes: one CPU, and one GPU per actor when the cluster
-has GPUs, so that Ray gives each actor its own device (an actor that reserves none still sees
-every GPU of its node and would load onto cuda:0 with the others).
+has GPUs (a vLLM engine: its tensor_parallel_size), so that Ray gives each actor its own device
+(an actor that reserves none still sees every GPU of its node and would load onto cuda:0 with
+the others).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def actor_resources(spec: ModelSpec, *, cluster_gpus: float, num_cpus: float | N
         return {"num_cpus": HTTP_ACTOR_CPUS if num_cpus is None else num_cpus, "num_gpus": num_gpus or 0}
     if num_gpus is None:
         wants_gpu = spec.device == "cuda" or (spec.device == "auto" and cluster_gpus >= 1)
-        num_gpus = 1 if wants_gpu else 0
+        # A vLLM engine shards over tensor_parallel_size GPUs, all inside its one actor.
+        num_gpus = (spec.vllm.tensor_parallel_size if spec.provider == "vllm" else 1) if wants_gpu else 0
     return {"num_cpus": 1 if num_cpus is None else num_cpus, "num_gpus": num_gpus}
 
 

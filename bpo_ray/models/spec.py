@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,6 +41,35 @@ class RateLimit(BaseModel):
     )
 
 
+class VLLMOptions(BaseModel):
+    """Engine settings of `provider: vllm`. They change how fast, not what: the spec's
+    fingerprint leaves them out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=64,
+        description="GPUs one engine shards the model over (one actor reserves them all; one node).",
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1,
+        description="Share of GPU memory the engine takes (default 0.9); on vLLM's CPU build the share "
+        "of RAM for weights and KV cache (default 0.2, since several actors share a node).",
+    )
+    max_model_len: int | None = Field(None, ge=16, description="Context length (default: the model's).")
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="Sequences the engine decodes at once (default: vLLM's for the device).",
+    )
+    enforce_eager: bool = Field(
+        False,
+        description="Skip graph capture / torch.compile: starts in seconds instead of a minute or "
+        "more, decodes slower (tests use it).",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Any other vllm.AsyncEngineArgs field, passed as is.",
+    )
+
+
 class ModelSpec(BaseModel):
     """Which model, where, how to sample from it, and how hard to push it."""
 
@@ -49,7 +78,7 @@ class ModelSpec(BaseModel):
     provider: Literal["local", "openai", "vllm"] = Field(
         "local",
         description="local: transformers in-process; openai: any OpenAI-compatible HTTP API; "
-        "vllm: vLLM engine in-process (GPU clusters).",
+        "vllm: a vLLM engine in each actor (continuous batching; GPU clusters, or vLLM's CPU build).",
     )
     model: str = Field(
         EMBEDDED_MODEL,
@@ -76,6 +105,7 @@ class ModelSpec(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype for local models (auto: bf16 on GPU, fp32 on CPU)."
     )
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions, description="Engine settings of provider vllm.")
     supports_prefill: bool | None = Field(
         None,
         description="Whether the endpoint continues a pre-filled assistant turn "
@@ -97,6 +127,12 @@ class ModelSpec(BaseModel):
     @property
     def is_http(self) -> bool:
         return self.provider == "openai"
+
+    @property
+    def continuous_batching(self) -> bool:
+        """The backend schedules requests itself (vLLM): callers send them as they come
+        instead of gathering them into batches."""
+        return self.provider == "vllm"
 
     def api_key(self) -> str:
         """Read the key from the environment; local servers accept any non-empty key."""

@@ -5,7 +5,8 @@ prompt layout an optimizer was trained on) and GET /health.
 
 Each replica holds one backend (one model); concurrent requests to a replica, chat and text
 alike, are gathered by `serve.batch` into one `chat_batch` call, which is where local models
-get their throughput.
+get their throughput. A vLLM engine schedules requests itself (continuous batching): with
+`provider: vllm` each request goes straight to it.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
@@ -80,13 +81,16 @@ class ModelReplica:
         return await self.backend.chat_batch(requests)
 
     async def answer(self, request: ChatRequest) -> ChatResult:
-        """One request, batched with the replica's others."""
+        """One request, batched with the replica's others (a vLLM engine batches them itself:
+        each goes straight in)."""
+        if self.backend.continuous_batching:
+            return (await self.backend.chat_batch([request]))[0]
         return await self._generate(request)
 
     async def answer_stream(self, request: ChatRequest) -> AsyncIterator[TextPiece | ChatResult]:
         """One request, batched with the replica's others: its text pieces as they are written,
         then the result (call through a handle with `.options(stream=True)`)."""
-        async for piece in stream_reply(self._generate, request):
+        async for piece in stream_reply(self.answer, request):
             yield piece
 
 
@@ -131,7 +135,7 @@ class ModelServer(ModelReplica):
 
     async def _answer(self, request: ChatRequest) -> ChatResult:
         try:
-            return await self._generate(request)
+            return await self.answer(request)
         except Exception as exc:  # a backend bug must still answer in OpenAI's shape
             raise OpenAIError(500, f"{type(exc).__name__}: {exc}", type="server_error") from exc
 
