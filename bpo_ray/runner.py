@@ -202,6 +202,12 @@ def _run(plan: StagePlan, api_keys: list[str | None]) -> dict[str, Any]:
         if todo.count():
             if (short := resources_short(plan)) is not None:
                 console.print(f"[yellow]{short}[/yellow]")
+            for step in plan.steps:
+                if step.spec.provider == "vllm" and not step.spec.vllm.enforce_eager:
+                    # Otherwise the first minutes show no progress and look like a hang.
+                    console.print(f"[dim]{step.spec.display_name()}: the vLLM engine compiles its graphs before the "
+                                  "first row (a minute or more on CPU; model.vllm.enforce_eager: true skips it)[/dim]",
+                                  highlight=False)
             with RowProgress("-".join(plan.stage_names), todo.count()) as progress:
                 for block in _pipeline(plan, todo, api_keys).iter_batches(batch_format="pyarrow", batch_size=None):
                     ok = pc.equal(block.column("status"), STATUS_OK)
