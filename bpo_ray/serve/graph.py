@@ -78,9 +78,8 @@ class Optimizer:
         return {"optimized_prompt": row["optimized_prompt"], "unchanged": bool(row["unchanged"]),
                 "reason": row.get("unchanged_reason", ""), **out}
 
-    def check_health(self) -> None:
-        if self.stage.backend is None:
-            raise RuntimeError("optimizer backend not loaded")
+    async def check_health(self) -> None:
+        await self.stage.backend.check_health()  # a dead vLLM engine: Serve replaces the replica
 
 
 Target = serve.deployment(name="Target")(ModelReplica)

@@ -80,6 +80,11 @@ class ModelReplica:
         self.largest_batch = max(self.largest_batch, len(requests))
         return await self.backend.chat_batch(requests)
 
+    async def check_health(self) -> None:
+        """Serve's periodic health check: a backend that cannot answer any more (a vLLM engine
+        whose core process died) fails it, and Serve replaces the replica."""
+        await self.backend.check_health()
+
     async def answer(self, request: ChatRequest) -> ChatResult:
         """One request, batched with the replica's others (a vLLM engine batches them itself:
         each goes straight in)."""

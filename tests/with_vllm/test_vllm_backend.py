@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import pytest
 
@@ -134,3 +135,29 @@ def test_missing_model_is_a_clear_error(tmp_path, vllm_spec):
     spec = vllm_spec(model=str(tmp_path / "nowhere"))
     with pytest.raises(ModelUnavailableError, match="model folder not found"):
         check_model(spec)
+
+
+def test_a_dead_engine_fails_its_health_check_and_its_requests(backends):
+    """Last in the module: it kills the module's engine. A Serve replica's health check calls
+    `check_health`, so Serve replaces a replica whose engine died; stage rows come back
+    retryable for the next run."""
+    import psutil
+
+    vllm_backend, _ = backends
+    run(vllm_backend.check_health())  # alive
+    cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline() + [p.name()])]
+    assert cores, "no engine core process found"
+    for process in cores:
+        process.kill()
+    psutil.wait_procs(cores, timeout=30)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the engine notices its core is gone within a moment
+        try:
+            run(vllm_backend.check_health())
+        except Exception:
+            break
+        time.sleep(0.5)
+    with pytest.raises(Exception):
+        run(vllm_backend.check_health())
+    [result] = run(vllm_backend.chat_batch([ChatRequest(messages=[{"role": "user", "content": CHATS[0]}])]))
+    assert not result.ok and result.retryable
