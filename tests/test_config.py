@@ -104,3 +104,20 @@ def test_fingerprint_ignores_speed_settings_but_not_sampling():
     assert base.fingerprint() == base.model_copy(update={"concurrency": 99, "max_retries": 1}).fingerprint()
     hotter = ModelSpec(provider="openai", model="m", base_url="http://x/v1", sampling={"temperature": 0.7})
     assert base.fingerprint() != hotter.fingerprint()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("serve-*.yaml")), ids=lambda p: p.name)
+def test_repo_serve_configs_validate(path):
+    import yaml
+
+    from bpo_ray.serve.config import ServeConfig
+
+    [application] = yaml.safe_load(path.read_text())["applications"]
+    assert application["import_path"] == "bpo_ray.serve.graph:app"
+    cfg = ServeConfig.model_validate(application["args"])
+    for target in cfg.targets:
+        spec = target.model_spec()
+        options = target.deployment.options(spec, cluster_gpus=8)
+        # On a GPU cluster a local or vLLM replica reserves its GPUs (an engine: its tensor-parallel ones).
+        want = spec.vllm.tensor_parallel_size if spec.provider == "vllm" else 1
+        assert options["ray_actor_options"]["num_gpus"] == want
