@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import gc
 import logging
+import os
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -118,6 +119,8 @@ class ModelStage(abc.ABC):
         except Exception as exc:
             log.exception("%s failed on a batch of %d rows", type(self).__name__, len(todo))
             done = [self.reject(r, f"stage error: {type(exc).__name__}: {exc}", retryable=True) for r in todo]
+        if self._backend is not None and any(d.get("retryable") for d in done):
+            await self._exit_if_backend_dead()
         by_id = {id(r): d for r, d in zip(todo, done)}
         defaults = self.added_columns()
         out = [{**defaults, **by_id.get(id(r), r)} for r in rows]
@@ -125,6 +128,22 @@ class ModelStage(abc.ABC):
             self._warm = True
             _freeze_gc_in_actor()
         return pa.Table.from_pylist(out, schema=self.output_schema(batch.schema))
+
+    async def _exit_if_backend_dead(self) -> None:
+        """A backend that can answer nothing more (a vLLM engine whose core process died) would
+        turn every later row into a retryable rejection. Inside a Ray actor, end the process
+        instead: Ray Data restarts the actor (a fresh engine) and retries its blocks, so no row
+        is rejected for it."""
+        import ray
+
+        try:
+            await self.backend.check_health()
+        except Exception:
+            if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+                log.error("%s: the model backend died; exiting so that Ray restarts this actor", type(self).__name__,
+                          exc_info=True)
+                os._exit(1)
+            raise
 
     def usage(self, *results: ChatResult) -> Row:
         """This stage's usage columns for one row's calls (a row may take a repair round)."""

@@ -3,6 +3,8 @@ the embedded model, each stage actor holding its own vLLM engine (vLLM's CPU bui
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from outputs import table, write_jsonl  # tests/ is on sys.path (conftest)
 
@@ -72,3 +74,56 @@ def test_optimize_generate_evaluate_on_vllm(tmp_path, vllm_spec):
     for row in judged:
         assert row["p_optimized"] + row["p_original"] + row["p_tie"] == pytest.approx(1.0, abs=1e-4)
         assert row["evaluate_model"] == "embedded"
+
+
+def test_a_dead_engine_mid_job_restarts_its_actor_and_loses_no_row(tmp_path, vllm_spec):
+    """The engine's core process is killed once the first rows are written: the stage actor
+    sees its backend dead, exits, Ray Data restarts it (a new engine) and retries its blocks.
+    Every row ends written once, none rejected as retryable."""
+    import threading
+
+    import psutil
+
+    rows = [{"id": f"r{i}", "prompt": f"Tell me something about the number {i}."} for i in range(40)]
+    data = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    out = tmp_path / "out"
+    seen: set[int] = set()
+    killed: list[int] = []
+    done = threading.Event()
+
+    def engine_cores() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["name", "cmdline"]):
+            try:
+                if "EngineCore" in " ".join(p.info["cmdline"] or []) + (p.info["name"] or "") and \
+                        "ray::" in " ".join(p.parent().cmdline()):
+                    found.append(p)
+            except (psutil.Error, AttributeError):
+                continue
+        return found
+
+    def watch() -> None:
+        while not done.is_set():
+            cores = engine_cores()
+            seen.update(p.pid for p in cores)
+            if not killed and cores and any((out / "optimized").glob("part-*")):
+                for p in cores:
+                    p.kill()
+                    killed.append(p.pid)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary = run_optimize(OptimizeConfig(
+            input=[str(data)], output=str(out), mode="greedy", flush_s=0.5,
+            optimizer={**vllm_spec().model_dump(), "batch_size": 4, "sampling": {"max_tokens": 48}}))
+    finally:
+        done.set()
+        watcher.join()
+    assert killed, "the engine was never killed: the job ended before its first flush"
+    assert len(seen - set(killed)) >= 1  # a new engine came up in the restarted actor
+    assert summary["rows_in"] == 40 and summary["rows_out"] + summary["rows_rejected"] == 40
+    assert summary["rows_rejected_retryable"] == 0
+    written = [r["id"] for r in table(out, "optimized")] + [r["id"] for r in table(out, "rejected")]
+    assert sorted(written) == sorted(r["id"] for r in rows)  # each row once
