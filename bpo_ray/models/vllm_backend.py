@@ -96,7 +96,9 @@ class VLLMBackend(ChatBackend):
 
     def __init__(self, spec: ModelSpec) -> None:
         vllm = import_vllm()
+        from vllm.inputs import TokensPrompt
         from vllm.platforms import current_platform
+        from vllm.sampling_params import RequestOutputKind
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.spec = spec
@@ -113,7 +115,9 @@ class VLLMBackend(ChatBackend):
                 f"model.vllm: the vLLM engine for {spec.model!r} did not start: {_root_cause(exc)} (the "
                 "engine's own log says why; often the KV cache does not fit: raise "
                 "model.vllm.gpu_memory_utilization or lower max_model_len)") from exc
-        self._vllm = vllm
+        # Kept for every request: the engine's request types, imported once here.
+        self._sampling_params, self._tokens_prompt, self._output_kind = (
+            vllm.SamplingParams, TokensPrompt, RequestOutputKind)
         self.max_positions = self.engine.model_config.max_model_len
         self.eos_ids = checkpoint_eos_ids(source, self.tokenizer)
         # Too many requests waiting in the engine slow it down (Ray's vLLM stage caps them the
@@ -135,10 +139,8 @@ class VLLMBackend(ChatBackend):
             engine.shutdown()  # ends the engine's core process now, not at interpreter exit
 
     def _params(self, request: ChatRequest, s: Sampling, prompt_tokens: int) -> Any:
-        from vllm.sampling_params import RequestOutputKind
-
         sample = s.temperature > 0
-        return self._vllm.SamplingParams(
+        return self._sampling_params(
             n=s.n if sample else 1,  # greedy choices are all the same: compute one, repeat it
             temperature=s.temperature if sample else 0.0,
             top_p=s.top_p if sample else 1.0,
@@ -148,7 +150,7 @@ class VLLMBackend(ChatBackend):
             stop_token_ids=sorted(self.eos_ids),
             max_tokens=max(1, min(s.max_tokens, self.max_positions - prompt_tokens)),
             logprobs=request.top_logprobs if request.logprobs else None,
-            output_kind=RequestOutputKind.DELTA if request.on_text else RequestOutputKind.FINAL_ONLY,
+            output_kind=self._output_kind.DELTA if request.on_text else self._output_kind.FINAL_ONLY,
         )
 
     async def _answer(self, request: ChatRequest) -> ChatResult:
@@ -159,15 +161,13 @@ class VLLMBackend(ChatBackend):
             return ChatResult(error=f"{type(exc).__name__}: {exc}")
         if (refused := refuse_prompt(ids, self.max_positions)) is not None:
             return refused
-        from vllm.inputs import TokensPrompt
-
         params = self._params(request, s, len(ids))
         copies = params.n
         choices = [_Choice() for _ in range(copies)]
         started = time.perf_counter()
         try:
             async with self._slots:
-                stream = self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
+                stream = self.engine.generate(self._tokens_prompt(prompt_token_ids=ids), params,
                                               request_id=f"bpo-{next(_request_ids)}")
                 async for out in stream:
                     for piece in out.outputs:
